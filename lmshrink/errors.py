@@ -1,0 +1,15 @@
+"""The one exception type for user errors.
+
+The CLI turns an :class:`LmshrinkError` into a single stderr line and exit code 2; anything else is a
+bug and keeps its traceback.
+"""
+
+
+class LmshrinkError(Exception):
+    """A problem with what the user asked for or handed us (bad input, missing file, impossible budget)."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`LmshrinkError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise LmshrinkError(message)

@@ -1,0 +1,222 @@
+"""Model directories: ``model.safetensors`` + ``manifest.json``, written atomically, loaded without pickles.
+
+The manifest holds the architecture, the vocabulary (words and counts), every compressed layer's type
+and constructor spec, the sha256 and size of the weights file, versions, and whatever the caller adds
+(config, data checksums, metrics). Loading rebuilds the dense skeleton, swaps in empty compressed
+layers from their specs, then fills every tensor from safetensors with ``strict`` checking, after
+verifying the weights file's digest: a corrupt or truncated file is reported, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import LmshrinkError, check
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "lmshrink-model/1"
+
+
+def versions() -> dict:
+    import numpy
+
+    from . import __version__
+
+    return {"lmshrink": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, each stored once: a weight shared by tied modules keeps its first name."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen[key] = name
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def compressed_layers(model: nn.Module) -> dict[str, dict]:
+    from .layers import CompressedLayer
+
+    return {n: {"type": m.layer_type, "spec": m.spec(), "config": getattr(m, "method_config", None)}
+            for n, m in model.named_modules() if isinstance(m, CompressedLayer)}
+
+
+def save_model_dir(model: nn.Module, out_dir: str | Path, vocab=None, extra: dict | None = None) -> dict:
+    """Write ``out_dir`` atomically (a temp dir beside it, then rename). Returns the manifest."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    check(hasattr(model, "arch"), f"model {type(model).__name__} has no arch(); register it with lmshrink.models")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
+    try:
+        tensors = state_for_saving(model)
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        manifest = {
+            "format": FORMAT,
+            "architecture": model.arch(),
+            "compressed_layers": compressed_layers(model),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
+            "weights": {"file": WEIGHTS, "sha256": _sha256(tmp / WEIGHTS), "bytes": (tmp / WEIGHTS).stat().st_size},
+            "versions": versions(),
+        }
+        if vocab is not None:
+            manifest["vocab"] = vocab.to_json()
+            manifest["vocab_sha256"] = vocab.fingerprint()
+        manifest.update(extra or {})
+        write_json_atomic(tmp / MANIFEST, manifest)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    d = Path(model_dir)
+    check(d.is_dir(), f"model directory {d} does not exist")
+    path = d / MANIFEST
+    check(path.is_file(), f"{path} is missing: {d} is not an lmshrink model directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LmshrinkError(f"{path} is corrupt (not valid JSON: {e})") from None
+    check(isinstance(manifest, dict) and manifest.get("format") == FORMAT,
+          f"{path} is not an lmshrink manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    return manifest
+
+
+def update_manifest(model_dir: str | Path, **fields) -> dict:
+    manifest = read_manifest(model_dir)
+    manifest.update(fields)
+    write_json_atomic(Path(model_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu", verify: bool = True):
+    """Rebuild the model saved in ``model_dir``. Returns ``(model, manifest)``; never unpickles."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .compress import rebind_tied
+    from .layers import LAYER_TYPES
+    from .models import build_model
+
+    d = Path(model_dir)
+    manifest = read_manifest(d)
+    wpath = d / manifest.get("weights", {}).get("file", WEIGHTS)
+    check(wpath.is_file(), f"{wpath} is missing")
+    if verify:
+        expected = manifest["weights"].get("sha256")
+        size = wpath.stat().st_size
+        if size != manifest["weights"].get("bytes"):
+            raise LmshrinkError(f"{wpath} has {size} bytes, manifest says {manifest['weights'].get('bytes')} (truncated or corrupt)")
+        if _sha256(wpath) != expected:
+            raise LmshrinkError(f"{wpath} does not match the sha256 in its manifest (corrupt file)")
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LmshrinkError(f"{wpath} is not a readable safetensors file: {e}") from None
+    with torch.device("meta"):
+        model = build_model(manifest["architecture"])
+    for name, entry in manifest.get("compressed_layers", {}).items():
+        cls = LAYER_TYPES.get(entry["type"])
+        if cls is None:
+            _import_all_layers()
+            cls = LAYER_TYPES.get(entry["type"])
+        check(cls is not None, f"{d}: unknown compressed layer type {entry['type']!r} for {name!r} (newer lmshrink?)")
+        with torch.device("meta"):
+            layer = cls(**entry["spec"])
+        if entry.get("config") is not None:
+            layer.method_config = entry["config"]
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+    model = model.to_empty(device="cpu")
+    _retie_dense(model)
+    rebind_tied(model)
+    missing, unexpected = _load_state(model, tensors)
+    check(not unexpected, f"{wpath}: unexpected tensors {', '.join(sorted(unexpected)[:5])}")
+    check(not missing, f"{wpath}: missing tensors {', '.join(sorted(missing)[:5])} (truncated or mismatched file)")
+    model.eval()
+    return model.to(device), manifest
+
+
+def _retie_dense(model: nn.Module) -> None:
+    if getattr(model, "config", {}).get("tie_weights") and isinstance(getattr(model, "decoder", None), nn.Linear) \
+            and isinstance(getattr(model, "encoder", None), nn.Embedding):
+        model.decoder.weight = model.encoder.weight
+
+
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor]):
+    expected = model.state_dict(keep_vars=True)
+    unexpected = [k for k in tensors if k not in expected]
+    ptr_of = {}
+    missing = []
+    with torch.no_grad():
+        for k, t in expected.items():
+            if k in tensors:
+                src = tensors[k]
+                if tuple(src.shape) != tuple(t.shape):
+                    raise LmshrinkError(f"tensor {k}: file has shape {tuple(src.shape)}, model expects {tuple(t.shape)}")
+                t.copy_(src.to(t.dtype) if t.dtype.is_floating_point == src.dtype.is_floating_point else src)
+                ptr_of[t.data_ptr()] = k
+            elif t.data_ptr() not in ptr_of:  # a tied alias is filled through its first name
+                missing.append(k)
+    return missing, unexpected
+
+
+def _import_all_layers() -> None:
+    from . import methods  # noqa: F401 - method modules import their layer modules

@@ -1,0 +1,165 @@
+"""LSTM language model of Zaremba, Sutskever & Vinyals (2014), "Recurrent Neural Network Regularization",
+with a gate-aware, pluggable LSTM.
+
+Each LSTM layer holds its input-to-hidden map ``ih`` (input -> 4H) and hidden-to-hidden map ``hh``
+(H -> 4H) as ordinary modules, gate blocks in PyTorch's order (i, f, g, o). A compressor may replace
+either with any module of the same in/out shape (low rank, Kronecker, tensor-train, sparse, quantized).
+While both maps are dense ``nn.Linear`` the layer calls the fused (cuDNN on GPU) LSTM kernel with their
+weights; otherwise it projects all inputs with one call of ``ih`` and runs only the recurrence in a loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import check
+
+NUM_GATES = 4  # i, f, g, o: the row blocks of ih/hh outputs, in torch.nn.LSTM's order
+
+
+@dataclass
+class Preset:
+    """Architecture and training recipe (TensorFlow PTB tutorial's configs of Zaremba et al.)."""
+
+    hidden: int
+    layers: int
+    dropout: float  # 1 - keep_prob
+    init_scale: float  # uniform(-s, s) for every weight
+    bptt: int
+    batch_size: int
+    lr: float
+    lr_decay: float
+    decay_after: int  # epochs at full lr ("max_epoch")
+    epochs: int  # "max_max_epoch"
+    max_grad_norm: float
+    tie_weights: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(32, 2, 0.0, 0.1, 10, 8, 1.0, 0.5, 1, 2, 5.0),
+    "small": Preset(200, 2, 0.0, 0.1, 20, 20, 1.0, 0.5, 4, 13, 5.0),
+    "medium": Preset(650, 2, 0.5, 0.05, 35, 20, 1.0, 0.8, 6, 39, 5.0),
+    "large": Preset(1500, 2, 0.65, 0.04, 35, 20, 1.0, 1 / 1.15, 14, 55, 10.0),
+}
+
+
+class GateAwareLSTMLayer(nn.Module):
+    """One LSTM layer whose two maps are replaceable modules.
+
+    ``gates = ih(x_t) + hh(h_{t-1})`` split into (i, f, g, o);  ``c_t = f*c + i*g``, ``h_t = o*tanh(c_t)``.
+    The biases live in ``ih`` and ``hh`` as in ``nn.LSTM`` (b_ih, b_hh), so dense weights map one to one.
+    """
+
+    num_gates = NUM_GATES
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.ih = nn.Linear(input_size, NUM_GATES * hidden_size)
+        self.hh = nn.Linear(hidden_size, NUM_GATES * hidden_size)
+        self.force_loop = False  # benchmarks set this to time the pluggable path on dense maps
+
+    def fused(self) -> bool:
+        return (
+            not self.force_loop
+            and type(self.ih) is nn.Linear
+            and type(self.hh) is nn.Linear
+            and self.ih.bias is not None
+            and self.hh.bias is not None
+        )
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        # x: (T, B, I); state: h, c each (B, H)
+        h, c = state
+        if self.fused():
+            weights = [self.ih.weight, self.hh.weight, self.ih.bias, self.hh.bias]
+            out, hn, cn = torch.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1, 0.0, self.training, False, False)
+            return out, (hn.squeeze(0), cn.squeeze(0))
+        T, B, _ = x.shape
+        x_proj = self.ih(x.reshape(T * B, -1)).view(T, B, -1)  # (T, B, 4H): all inputs in one call
+        outs = []
+        for t in range(T):
+            gates = x_proj[t] + self.hh(h)  # (B, 4H)
+            i, f, g, o = gates.chunk(NUM_GATES, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+class LSTMLanguageModel(nn.Module):
+    """embedding -> dropout -> [LSTM layer -> dropout] x L -> linear softmax (optionally tied).
+
+    Module names are the plan names: ``encoder`` (embedding), ``rnn.layers.K.ih`` / ``rnn.layers.K.hh``,
+    ``decoder`` (softmax). Tying shares one ``nn.Parameter`` between ``encoder`` and ``decoder``.
+    """
+
+    kind = "lstm_lm"
+
+    def __init__(self, vocab_size: int, hidden: int = 200, layers: int = 2, dropout: float = 0.0,
+                 tie_weights: bool = False, emb_size: int | None = None, init_scale: float = 0.1):
+        super().__init__()
+        check(vocab_size > 0 and hidden > 0 and layers > 0, "vocab_size, hidden and layers must be positive")
+        check(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
+        emb_size = emb_size or hidden
+        check(not tie_weights or emb_size == hidden, "tied weights need emb_size == hidden")
+        self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, dropout=dropout,
+                           tie_weights=tie_weights, emb_size=emb_size, init_scale=init_scale)
+        self.encoder = nn.Embedding(vocab_size, emb_size)
+        self.rnn = nn.Module()
+        self.rnn.layers = nn.ModuleList(
+            GateAwareLSTMLayer(emb_size if k == 0 else hidden, hidden) for k in range(layers)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden, vocab_size)
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        self.reset_parameters(init_scale)
+
+    def reset_parameters(self, init_scale: float) -> None:
+        for p in self.parameters():  # Zaremba: every weight and bias uniform(-s, s)
+            nn.init.uniform_(p, -init_scale, init_scale)
+
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32):
+        H = self.config["hidden"]
+        return [(torch.zeros(batch_size, H, device=device, dtype=dtype),
+                 torch.zeros(batch_size, H, device=device, dtype=dtype)) for _ in self.rnn.layers]
+
+    def forward(self, ids: torch.Tensor, state=None):
+        # ids: (T, B) -> logits (T, B, V)
+        if state is None:
+            state = self.init_state(ids.size(1), ids.device)
+        x = self.drop(self.encoder(ids))  # (T, B, E)
+        new_state = []
+        for layer, s in zip(self.rnn.layers, state):
+            x, s = layer(x, s)
+            x = self.drop(x)
+            new_state.append(s)
+        return self.decoder(x), new_state  # (T, B, V)
+
+    def arch(self) -> dict:
+        return {"kind": self.kind, **self.config}
+
+
+def build_from_preset(preset: str, vocab_size: int, tie_weights: bool | None = None) -> LSTMLanguageModel:
+    check(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    return LSTMLanguageModel(vocab_size, p.hidden, p.layers, p.dropout,
+                             p.tie_weights if tie_weights is None else tie_weights, init_scale=p.init_scale)
+
+
+def preset_dict(preset: str) -> dict:
+    return asdict(PRESETS[preset])
+
+
+def detach_state(state):
+    return [(h.detach(), c.detach()) for h, c in state]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per token; (T, B, V), (T, B) -> scalar."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
