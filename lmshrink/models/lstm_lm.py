@@ -63,20 +63,31 @@ class GateAwareLSTMLayer(nn.Module):
         self.hh = nn.Linear(hidden_size, NUM_GATES * hidden_size)
         self.force_loop = False  # benchmarks set this to time the pluggable path on dense maps
 
-    def fused(self) -> bool:
-        return (
-            not self.force_loop
-            and type(self.ih) is nn.Linear
-            and type(self.hh) is nn.Linear
-            and self.ih.bias is not None
-            and self.hh.bias is not None
-        )
+    def _fused_weights(self) -> list[torch.Tensor] | None:
+        """Weights for the fused kernel, or None to run the pluggable loop.
+
+        Dense maps always go fused. Compressed maps go fused while *training*: their dense weight is
+        rebuilt from the compact factors once per forward (differentiable, so gradients reach the
+        factors) and the whole sequence runs in cuDNN; that costs one small product per step instead
+        of T small kernels per step. At inference the loop applies the compact maps themselves.
+        """
+        if self.force_loop:
+            return None
+        dense = type(self.ih) is nn.Linear and type(self.hh) is nn.Linear
+        if not dense and not (self.training and hasattr(self.ih, "dense_weight") and hasattr(self.hh, "dense_weight")):
+            return None
+        w_ih = self.ih.weight if type(self.ih) is nn.Linear else self.ih.dense_weight()
+        w_hh = self.hh.weight if type(self.hh) is nn.Linear else self.hh.dense_weight()
+        zeros = w_ih.new_zeros(w_ih.shape[0])
+        b_ih = self.ih.bias if getattr(self.ih, "bias", None) is not None else zeros
+        b_hh = self.hh.bias if getattr(self.hh, "bias", None) is not None else zeros
+        return [w_ih, w_hh, b_ih, b_hh]
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         # x: (T, B, I); state: h, c each (B, H)
         h, c = state
-        if self.fused():
-            weights = [self.ih.weight, self.hh.weight, self.ih.bias, self.hh.bias]
+        weights = self._fused_weights()
+        if weights is not None:
             out, hn, cn = torch.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1, 0.0, self.training, False, False)
             return out, (hn.squeeze(0), cn.squeeze(0))
         T, B, _ = x.shape

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from ._common import add_data_arg, add_json_arg, emit_json
+
+HELP = "perplexity of a model directory on a corpus split"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    add_data_arg(p)
+    p.add_argument("--corpus", default=None, help="corpus (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", choices=["valid", "test", "both"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1, help="evaluation batch (default 1, as Zaremba et al.)")
+    p.add_argument("--speed", action="store_true", help="also measure tokens/s (CPU batch 1, GPU batch 64)")
+    add_json_arg(p)
+
+
+def run(args) -> int:
+    from ..workflows import evaluate_model_dir
+
+    res = evaluate_model_dir(args.model_dir, data_dir=args.data, corpus=args.corpus, split=args.split,
+                             device=args.device, batch_size=args.batch_size, speed=args.speed)
+    if args.json:
+        emit_json(res)
+    else:
+        parts = [f"{k} {res[k]:.2f}" for k in ("valid_ppl", "test_ppl") if k in res]
+        parts += [f"params {res['params']:,}", f"bytes on disk {res['bytes_on_disk']:,}"]
+        if "tokens_per_s" in res:
+            parts.append(f"{res['tokens_per_s']:,.0f} tok/s ({res['speed']['device']}, batch {res['speed']['batch_size']})")
+        print(f"{args.model_dir}: " + ", ".join(parts))
+    return 0

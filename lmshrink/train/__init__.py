@@ -1,0 +1,1 @@
+"""Training loops, schedules and the hook protocol layers use to take part in training."""

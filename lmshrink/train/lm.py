@@ -1,0 +1,281 @@
+"""Training and evaluation of language models: the SGD recipe of Zaremba et al. (2014).
+
+Zaremba et al. / the TensorFlow PTB tutorial sum the cross-entropy over the BPTT window and average
+it over the batch, clip the global gradient norm, and keep SGD's learning rate for ``decay_after``
+epochs before multiplying it by ``lr_decay`` every epoch. We reproduce that exactly (the loss is the
+per-token mean times the window length), because the clipping threshold and learning rate only
+mean what the paper means on that scale.
+
+Runs checkpoint to ``OUT.checkpoint/`` every few minutes, at each epoch end and on Ctrl-C; a new run
+with the same ``OUT`` resumes from there (model, step, hidden state, RNG state, history).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data import Corpus, batchify, bptt_windows
+from ..errors import LmshrinkError, check
+from ..models.lstm_lm import Preset, detach_state, lm_loss
+from . import hooks
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    check(device.type != "cuda" or torch.cuda.is_available(), "--device cuda asked for, but CUDA is not available")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """``auto``: bf16 autocast on GPU (fp32 master weights), fp32 on CPU. ``fp32``: no autocast."""
+    check(precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {precision!r}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35,
+                 device: str | torch.device = "cpu", precision: str = "fp32") -> float:
+    """Perplexity of ``model`` on a 1-D id stream, hidden state carried across windows.
+
+    Zaremba et al. report test perplexity at batch 1 (``eval_config``); batch 1 with carried state
+    equals their one-step evaluation up to rounding.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    data = batchify(ids.to(device), batch_size)  # (N, B)
+    state = model.init_state(batch_size, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with autocast_for(device, precision):
+        for inputs, targets in bptt_windows(data, bptt):
+            logits, state = model(inputs, state)
+            total += lm_loss(logits, targets).double() * targets.numel()
+            count += targets.numel()
+    model.train(was_training)
+    mean = float(total) / count
+    if not math.isfinite(mean):
+        raise LmshrinkError("evaluation loss is NaN or inf: the model's weights are broken")
+    return math.exp(mean)
+
+
+def zaremba_lr(recipe: Preset, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: ``lr * lr_decay ** max(epoch + 1 - decay_after, 0)``."""
+    return recipe.lr * recipe.lr_decay ** max(epoch + 1 - recipe.decay_after, 0)
+
+
+class _Checkpoint:
+    """Model + trainer state in ``OUT.checkpoint/``, each file written atomically."""
+
+    def __init__(self, out_dir: Path | None):
+        self.dir = Path(str(out_dir) + ".checkpoint") if out_dir is not None else None
+
+    def exists(self) -> bool:
+        return self.dir is not None and (self.dir / "trainer.json").is_file()
+
+    def save(self, model, trainer: dict, state) -> None:
+        if self.dir is None:
+            return
+        from safetensors.torch import save_file
+
+        from ..io import save_model_dir, write_json_atomic
+
+        save_model_dir(model, self.dir / "model")
+        tensors = {f"h{i}": h.detach().float().cpu().contiguous() for i, (h, _) in enumerate(state)}
+        tensors.update({f"c{i}": c.detach().float().cpu().contiguous() for i, (_, c) in enumerate(state)})
+        tensors["rng_cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng_cuda"] = torch.cuda.get_rng_state()
+        tmp = self.dir / "state.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(self.dir / "state.safetensors")
+        write_json_atomic(self.dir / "trainer.json", trainer)
+
+    def load(self, device):
+        from safetensors.torch import load_file
+
+        from ..io import load_model_dir
+
+        model, _ = load_model_dir(self.dir / "model", device=device)
+        trainer = json.loads((self.dir / "trainer.json").read_text())
+        t = load_file(str(self.dir / "state.safetensors"))
+        n = sum(1 for k in t if k.startswith("h"))
+        state = [(t[f"h{i}"].to(device), t[f"c{i}"].to(device)) for i in range(n)]
+        torch.set_rng_state(t["rng_cpu"])
+        if "rng_cuda" in t and torch.cuda.is_available():
+            torch.cuda.set_rng_state(t["rng_cuda"])
+        return model, trainer, state
+
+    def remove(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Path | None = None,
+             device: str | torch.device = "cpu", epochs: int | None = None, max_steps: int | None = None,
+             seed: int = 0, precision: str = "auto", progress: bool = True, resume: bool = True,
+             checkpoint_every_s: float = 300.0, lr_fn=None, log=print) -> dict:
+    """Train ``model`` with Zaremba's recipe; returns metrics and the (possibly resumed) model.
+
+    ``epochs`` / ``max_steps`` cut a run short. ``lr_fn(epoch) -> lr`` overrides the schedule.
+    Returns a dict with ``model``, ``valid_ppl``, ``history``, ``wall_s``, ``train_tokens_per_s``.
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    epochs = recipe.epochs if epochs is None else epochs
+    check(epochs >= 1, "epochs must be at least 1")
+    check(max_steps is None or max_steps >= 1, "max-steps must be at least 1")
+    lr_fn = lr_fn or (lambda e: zaremba_lr(recipe, e))
+    ckpt = _Checkpoint(Path(out_dir) if out_dir is not None else None)
+    seed_everything(seed)
+
+    train_data = batchify(corpus.train.to(device), recipe.batch_size)  # (N, B)
+    windows_per_epoch = math.ceil((train_data.size(0) - 1) / recipe.bptt)
+    total_steps = epochs * windows_per_epoch if max_steps is None else min(max_steps, epochs * windows_per_epoch)
+    trainer = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "wall_s": 0.0,
+               "train_tokens": 0, "seed": seed}
+    state = None
+    if resume and ckpt.exists():
+        model, trainer, state = ckpt.load(device)
+        log(f"resuming from {ckpt.dir} at epoch {trainer['epoch'] + 1}, step {trainer['step_in_epoch']}")
+    model = model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr_fn(trainer["epoch"]))
+    amp = autocast_for(device, precision)
+    last_ckpt = time.monotonic()
+    t_start = time.monotonic() - trainer["wall_s"]
+    done = trainer["global_step"] >= total_steps
+
+    try:
+        while trainer["epoch"] < epochs and not done:
+            epoch = trainer["epoch"]
+            for g in opt.param_groups:
+                g["lr"] = lr_fn(epoch)
+            if state is None or trainer["step_in_epoch"] == 0:
+                state = model.init_state(recipe.batch_size, device)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            tok_sum, t_epoch = 0, time.monotonic()
+            bar = tqdm(total=windows_per_epoch, initial=trainer["step_in_epoch"], disable=not progress,
+                       desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+            for k, (inputs, targets) in enumerate(bptt_windows(train_data, recipe.bptt)):
+                if k < trainer["step_in_epoch"]:
+                    continue
+                state = detach_state(state)
+                with amp:
+                    logits, state = model(inputs, state)
+                    loss = lm_loss(logits, targets)
+                # TF tutorial scale: summed over the window, averaged over the batch.
+                objective = loss * inputs.size(0) + hooks.extra_loss(model)
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                if recipe.max_grad_norm:
+                    nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+                opt.step()
+                trainer["global_step"] += 1
+                trainer["step_in_epoch"] = k + 1
+                hooks.after_step(model, trainer["global_step"], total_steps)
+                loss_sum += loss.detach().double() * targets.numel()
+                tok_sum += targets.numel()
+                trainer["train_tokens"] += targets.numel()
+                if k % 50 == 0 or k + 1 == windows_per_epoch:
+                    mean = float(loss_sum) / max(tok_sum, 1)
+                    if not math.isfinite(mean):
+                        raise LmshrinkError(f"training loss became NaN/inf at epoch {epoch + 1}, step {k + 1}; "
+                                            f"lower the learning rate or gradient-norm limit")
+                    bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
+                                    tok_s=f"{tok_sum / max(time.monotonic() - t_epoch, 1e-9):.0f}", lr=f"{opt.param_groups[0]['lr']:.3g}")
+                bar.update(1)
+                if trainer["global_step"] >= total_steps:
+                    done = True
+                    break
+                if time.monotonic() - last_ckpt > checkpoint_every_s:
+                    trainer["wall_s"] = time.monotonic() - t_start
+                    ckpt.save(model, trainer, state)
+                    last_ckpt = time.monotonic()
+            bar.close()
+            train_ppl = math.exp(float(loss_sum) / max(tok_sum, 1))
+            valid_ppl = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
+            model.train()
+            epoch_s = time.monotonic() - t_epoch
+            trainer["history"].append({"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_ppl": train_ppl,
+                                       "valid_ppl": valid_ppl, "seconds": epoch_s, "tokens_per_s": tok_sum / epoch_s})
+            log(f"epoch {epoch + 1:3d}  lr {opt.param_groups[0]['lr']:.4g}  train ppl {train_ppl:8.2f}  "
+                f"valid ppl {valid_ppl:8.2f}  {tok_sum / epoch_s:,.0f} tok/s")
+            trainer["epoch"] += 1
+            trainer["step_in_epoch"] = 0
+            trainer["wall_s"] = time.monotonic() - t_start
+            if not done and trainer["epoch"] < epochs:
+                ckpt.save(model, trainer, state)
+                last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        trainer["wall_s"] = time.monotonic() - t_start
+        if state is not None:
+            ckpt.save(model, trainer, state)
+            log(f"interrupted: checkpoint saved to {ckpt.dir}; run the same command again to resume")
+        raise
+    wall = time.monotonic() - t_start
+    hist = trainer["history"]
+    return {"model": model, "history": hist, "epochs": len(hist), "steps": trainer["global_step"],
+            "valid_ppl": hist[-1]["valid_ppl"] if hist else None, "wall_s": wall,
+            "train_tokens_per_s": trainer["train_tokens"] / max(wall, 1e-9), "checkpoint": ckpt}
+
+
+def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, lr: float | None = None,
+                device: str | torch.device = "cpu", progress: bool = True, precision: str = "auto",
+                seed: int = 0, log=print) -> dict:
+    """Retrain a (compressed) model: SGD from ``lr`` (default ``recipe.lr / 10``), divided by 10 whenever
+    validation perplexity stops improving, as GroupReduce's retraining does (Chen et al. 2018, Sec. 3.4).
+    The best weights seen on validation are kept.
+    """
+    check(epochs >= 0, "finetune epochs must be >= 0")
+    device = resolve_device(device)
+    model = model.to(device)
+    best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
+    history = [{"epoch": 0, "valid_ppl": best}]
+    if epochs == 0:
+        return {"model": model, "valid_ppl": best, "history": history}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    current = [recipe.lr / 10 if lr is None else lr]
+
+    for epoch in range(epochs):
+        out = train_lm(model, corpus, recipe, out_dir=None, device=device, epochs=1, seed=seed + epoch + 1,
+                       precision=precision, progress=progress, lr_fn=lambda e: current[0], log=lambda *_: None)
+        v = out["valid_ppl"]
+        history.append({"epoch": epoch + 1, "lr": current[0], "valid_ppl": v})
+        log(f"finetune epoch {epoch + 1}/{epochs}  lr {current[0]:.3g}  valid ppl {v:.2f}")
+        if v < best:
+            best = v
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            model.load_state_dict(best_state)
+            current[0] /= 10
+    model.load_state_dict(best_state)
+    return {"model": model, "valid_ppl": best, "history": history}
+
+
+def remove_checkpoint(out_dir: str | Path) -> None:
+    _Checkpoint(Path(out_dir)).remove()

@@ -1,0 +1,161 @@
+"""What the commands do, as library functions: train and save, evaluate, inspect, compress.
+
+Every function returns plain dicts (the ``--json`` output) and records config, versions, data
+checksums and metrics in the model directory's manifest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import Vocabulary, load_corpus
+from .errors import check
+from .io import load_model_dir, read_manifest, save_model_dir
+from .measure import bytes_on_disk, layer_rows, lm_tokens_per_second, totals
+from .models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict
+from .train.lm import evaluate_ppl, finetune_lm, remove_checkpoint, resolve_device, train_lm
+
+
+def speed_of(model, vocab_size: int, device: torch.device) -> dict:
+    """tokens/s at batch 1 on CPU (what one user waits for) or batch 64 on GPU (serving)."""
+    if device.type == "cuda":
+        return lm_tokens_per_second(model, vocab_size, device, batch_size=64, repeats=20, warmup=5)
+    return lm_tokens_per_second(model, vocab_size, "cpu", batch_size=1, repeats=10, warmup=3)
+
+
+def _corpus_for(manifest: dict, data_dir, corpus: str | None = None):
+    name = corpus or manifest.get("corpus")
+    check(name is not None, "the model's manifest names no corpus; pass --corpus")
+    c = load_corpus(name, data_dir)
+    if "vocab_sha256" in manifest:
+        check(c.vocab.fingerprint() == manifest["vocab_sha256"],
+              f"the vocabulary of corpus {name!r} ({len(c.vocab)} words) does not match the model's "
+              f"({len(manifest.get('vocab', {}).get('words', []))} words); evaluate on the corpus it was trained on")
+    return c
+
+
+def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_steps=None, device="auto",
+                   precision="auto", seed=0, tie_weights=False, resume=True, progress=True, log=print) -> dict:
+    check(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    c = load_corpus(corpus, data_dir)
+    dev = resolve_device(device)
+    recipe: Preset = PRESETS[preset]
+    model = build_from_preset(preset, len(c.vocab), tie_weights=tie_weights)
+    log(f"training {preset} LSTM LM on {corpus} ({len(c.vocab)} words, {c.train.numel():,} train tokens) on {dev}")
+    res = train_lm(model, c, recipe, out_dir=out, device=dev, epochs=epochs, max_steps=max_steps, seed=seed,
+                   precision=precision, progress=progress, resume=resume, log=log)
+    model = res["model"]
+    valid = evaluate_ppl(model, c.splits["valid"], 1, recipe.bptt, dev)
+    test = evaluate_ppl(model, c.splits["test"], 1, recipe.bptt, dev)
+    speed = speed_of(model, len(c.vocab), dev)
+    tot = totals(model)
+    metrics = {"valid_ppl": valid, "test_ppl": test, "params": tot["params"], "bits": tot["bits"],
+               "epochs": res["epochs"], "steps": res["steps"], "wall_s": res["wall_s"],
+               "train_tokens_per_s": res["train_tokens_per_s"], "tokens_per_s": speed["tokens_per_s"], "speed": speed}
+    config = {"corpus": corpus, "preset": preset, "recipe": preset_dict(preset), "epochs": epochs,
+              "max_steps": max_steps, "seed": seed, "precision": precision, "device": str(dev),
+              "tie_weights": tie_weights, "command": " ".join(sys.argv)}
+    save_model_dir(model.cpu(), out, vocab=c.vocab, extra={
+        "corpus": corpus, "data_checksums": c.checksums, "config": config, "metrics": metrics,
+        "history": res["history"], "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    remove_checkpoint(out)
+    metrics["bytes_on_disk"] = bytes_on_disk(out)["total"]
+    return {"metrics": metrics, "model": model}
+
+
+def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", device="auto", batch_size=1,
+                       speed=False) -> dict:
+    dev = resolve_device(device)
+    model, manifest = load_model_dir(model_dir, device=dev)
+    c = _corpus_for(manifest, data_dir, corpus)
+    bptt = manifest.get("config", {}).get("recipe", {}).get("bptt", 35)
+    out: dict = {"model_dir": str(model_dir), "corpus": c.name}
+    for s in (("valid", "test") if split == "both" else (split,)):
+        out[f"{s}_ppl"] = evaluate_ppl(model, c.splits[s], batch_size, bptt, dev)
+    tot = totals(model)
+    out.update(params=tot["params"], bits=tot["bits"], bytes_on_disk=bytes_on_disk(model_dir)["total"])
+    if speed:
+        sp = speed_of(model, len(c.vocab), dev)
+        out.update(tokens_per_s=sp["tokens_per_s"], speed=sp)
+    return out
+
+
+def model_info(model_dir) -> dict:
+    model, manifest = load_model_dir(model_dir)
+    rows = layer_rows(model)
+    return {"model_dir": str(model_dir), "architecture": manifest["architecture"], "layers": rows,
+            "total": totals(model), "bytes_on_disk": bytes_on_disk(model_dir),
+            "metrics": {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, (int, float))},
+            "compressed_layers": manifest.get("compressed_layers", {})}
+
+
+def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, options=None, finetune_epochs=0,
+                       finetune_lr=None, data_dir=None, device="auto", overwrite=False, evaluate=True,
+                       progress=True, log=print) -> dict:
+    from .compress import load_plan, make_config, vocab_plan
+    from .compress import compress as compress_
+
+    check(overwrite or not (Path(out) / "manifest.json").exists(), f"{out} already holds a model; pass --overwrite")
+    check(Path(out).resolve() != Path(model_dir).resolve(), "--out must differ from MODEL_DIR")
+    dev = resolve_device(device)
+    model, manifest = load_model_dir(model_dir, device="cpu")
+    if plan_path:
+        plan = load_plan(plan_path)
+    else:
+        opts = dict(options or {})
+        if ratio is not None:
+            opts["ratio"] = ratio
+        plan = vocab_plan(model, make_config(method, **opts))
+    vocab = Vocabulary.from_json(manifest["vocab"]) if "vocab" in manifest else None
+    stats = {"word_counts": vocab.counts_tensor()} if vocab is not None else {}
+    need_corpus = evaluate or finetune_epochs > 0
+    c = _corpus_for(manifest, data_dir) if need_corpus and manifest.get("corpus") else None
+    check(finetune_epochs == 0 or c is not None, "--finetune-epochs needs the model's corpus")
+    recipe_d = manifest.get("config", {}).get("recipe")
+    recipe = Preset(**recipe_d) if recipe_d else PRESETS["small"]
+
+    side: dict = {"dense": {}, "compressed": {}}
+
+    def measure(m, key):
+        m = m.to(dev)
+        tot = totals(m)
+        side[key].update(params=tot["params"], bits=tot["bits"])
+        if c is not None:
+            side[key]["test_ppl"] = evaluate_ppl(m, c.splits["test"], 1 if dev.type == "cpu" else 10, recipe.bptt, dev)
+        side[key]["tokens_per_s"] = speed_of(m, m.config["vocab_size"], dev)["tokens_per_s"]
+
+    if evaluate:
+        measure(model, "dense")
+    side["dense"]["bytes_on_disk"] = bytes_on_disk(model_dir)["total"]
+    model = model.cpu()
+    t0 = time.monotonic()
+    report = compress_(model, plan, stats=stats)
+    compress_s = time.monotonic() - t0
+    log(f"compressed {len(report)} module(s) in {compress_s:.1f} s")
+    ft = None
+    if finetune_epochs > 0:
+        ft = finetune_lm(model, c, recipe, finetune_epochs, lr=finetune_lr, device=dev, progress=progress, log=log)
+        model = ft["model"]
+        side["compressed"]["test_ppl_before_finetune"] = None
+    if evaluate:
+        measure(model, "compressed")
+    metrics = {k: v for k, v in side["compressed"].items() if v is not None}
+    save_model_dir(model.cpu(), out, vocab=vocab, extra={
+        "corpus": manifest.get("corpus"), "data_checksums": manifest.get("data_checksums"),
+        "config": manifest.get("config"), "metrics": metrics,
+        "compression": {"source": str(model_dir), "source_sha256": manifest["weights"]["sha256"],
+                        "plan": plan.to_dict(), "report": report, "compress_seconds": compress_s,
+                        "finetune": {"epochs": finetune_epochs, "lr": finetune_lr,
+                                     "history": ft["history"] if ft else None}},
+        "dense_metrics": side["dense"]})
+    side["compressed"]["bytes_on_disk"] = bytes_on_disk(out)["total"]
+    side["compressed"].pop("test_ppl_before_finetune", None)
+    return {"report": report, "side_by_side": side, "compress_seconds": compress_s, "out": str(out)}
+
+
+def manifest_of(model_dir) -> dict:
+    return read_manifest(model_dir)
