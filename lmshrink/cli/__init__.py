@@ -20,6 +20,7 @@ COMMANDS = [
     "download",
     "binarize",
     "wordsim",
+    "classify",
 ]
 
 

@@ -33,7 +33,7 @@ def run(args) -> int:
     result = train_and_save(corpus=args.corpus, data_dir=args.data, preset=args.preset, out=args.out,
                             epochs=args.epochs, max_steps=args.max_steps, device=args.device, precision=args.precision,
                             seed=args.seed, tie_weights=args.tie_weights, resume=not args.no_resume,
-                            progress=not args.no_progress, log=(lambda *_: None) if args.json else print)
+                            progress=not args.no_progress, log=_stderr_log if args.json else print)
     if args.json:
         emit_json(result["metrics"])
     else:
@@ -41,3 +41,10 @@ def run(args) -> int:
         print(f"wrote {args.out}: valid ppl {m['valid_ppl']:.2f}, test ppl {m['test_ppl']:.2f}, "
               f"{m['params']:,} params, {m['bytes_on_disk']:,} bytes, {m['wall_s']:.0f} s")
     return 0
+
+
+def _stderr_log(*parts) -> None:
+    """With --json, stdout carries only the JSON; progress lines go to stderr."""
+    import sys
+
+    print(*parts, file=sys.stderr, flush=True)

@@ -15,3 +15,4 @@ __all__ = [
     "load_corpus",
     "sha256_file",
 ]
+from .textcls import TextClsDataset, build_vocab, load_textcls, read_textcls_file  # noqa: E402  (text classification)

@@ -8,6 +8,10 @@ from ..errors import LmshrinkError
 from .lstm_lm import PRESETS, GateAwareLSTMLayer, LSTMLanguageModel, build_from_preset
 
 MODEL_KINDS: dict[str, type[nn.Module]] = {"lstm_lm": LSTMLanguageModel}
+from .classifier import CNNClassifier, DANClassifier, LSTMClassifier  # noqa: E402  (text classifiers)
+MODEL_KINDS[LSTMClassifier.kind] = LSTMClassifier
+MODEL_KINDS[DANClassifier.kind] = DANClassifier
+MODEL_KINDS[CNNClassifier.kind] = CNNClassifier
 
 
 def register_model(cls: type[nn.Module]) -> type[nn.Module]:

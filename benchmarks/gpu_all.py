@@ -1,0 +1,170 @@
+"""Every GPU benchmark in one resumable command, sized for lent-GPU calls of at most 10 minutes.
+
+One H100 is far from full with one batch-20 LSTM, so the stages run side by side as separate
+processes, each resuming from its own checkpoints and results JSON:
+
+1. ``baselines.py``: PTB small, medium, large and WikiText-2 medium (Zaremba recipes), all at once.
+2. As soon as a baseline exists, the benchmarks that stand on it start:
+   - ``vocab.py`` on PTB small, PTB large and WikiText-2 medium (embedding + softmax, issue 3);
+   - ``recurrent.py`` on PTB medium at 25x, then 10x and 50x, and on PTB small at 25x (LSTM layers, issue 4).
+3. When every training is done and time is left: the LSTM path speed (nn.LSTM vs fused vs pluggable loop)
+   on a quiet GPU.
+
+Every stage stops cleanly before ``--time-limit`` (checkpoints saved); rerun the same command until it
+prints ``all done``. Results land in ``benchmarks/results/``; ``--tar`` packs them (and the logs) into one
+file to carry back from the GPU machine.
+
+    python benchmarks/gpu_all.py --data /path/to/data --time-limit 540 --tar $OUT/results.tgz
+    python benchmarks/gpu_all.py --data DIR --smoke --device cpu      # minutes on a CPU: every stage, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# logical baseline -> (corpus, preset); --smoke maps every one to the tiny preset
+BASELINES = {"ptb-small": ("ptb", "small"), "ptb-medium": ("ptb", "medium"), "ptb-large": ("ptb", "large"),
+             "wikitext-2-medium": ("wikitext-2", "medium")}
+
+
+def stages(args) -> list[dict]:
+    """Each stage: name, argv, ``needs`` (baseline model dirs that must exist) and ``after`` (stages that must
+    have finished: recurrent stages of one preset share a results group, so they take turns)."""
+    py, b = sys.executable, str(ROOT / "benchmarks")
+    models = Path(args.work) / "baselines"
+    spec = {k: (c, "tiny" if args.smoke else p) for k, (c, p) in BASELINES.items()}
+    model_dir = {k: models / f"{c}-{p}" for k, (c, p) in spec.items()}
+    runs = sorted({f"{c}:{p}" for c, p in spec.values()})
+    res = Path(args.work) / "results" if args.smoke else RESULTS
+    common = ["--data", args.data, "--device", args.device, "--precision", args.precision]
+    if args.smoke:
+        vocab_opts = ["--finetune-epochs", "1", "--rates", "5", "--gq-rates", "26", "--methods", "svd,groupreduce,groupreduce_q"]
+        rec_opts = ["--epochs", "1", "--max-steps", "6", "--methods", "doped_kp,kp", "--jobs", "2", "--no-cpu-latency"]
+    else:
+        vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune"]
+        rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
+    out = [{"name": "baselines", "needs": [], "after": [],
+            "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
+                     "--results", str(res / "baselines.json"),
+                     *(["--max-steps", "6"] if args.smoke else [])]}]
+    for base, key in (("ptb-small", "vocab_ptb_small"), ("ptb-large", "vocab_ptb_large"),
+                      ("wikitext-2-medium", "vocab_wikitext2_medium")):
+        out.append({"name": key, "needs": [model_dir[base]], "after": [],
+                    "argv": [py, f"{b}/vocab.py", "--baseline", str(model_dir[base]), *common, *vocab_opts,
+                             "--work", str(Path(args.work) / key), "--results", str(res / f"{key}.json")]})
+    for base, ratios, tag, after in (("ptb-medium", "25", "recurrent_medium_25", []),
+                                     ("ptb-small", "25", "recurrent_small_25", []),
+                                     ("ptb-medium", "10,50", "recurrent_medium_10_50", ["recurrent_medium_25"])):
+        preset = spec[base][1]
+        if args.smoke:  # 25x of a 32-unit LSTM leaves nothing once the dense biases are paid for
+            ratios = {"25": "3", "10,50": "2,4"}[ratios]
+        if args.smoke and tag == "recurrent_small_25":
+            after = ["recurrent_medium_25"]  # the same tiny group: take turns
+        out.append({"name": tag, "needs": [model_dir[base]], "after": after,
+                    "argv": [py, f"{b}/recurrent.py", "--baseline", str(model_dir[base]), "--preset", preset,
+                             "--corpus", "ptb", *common, "--ratios", ratios, *rec_opts,
+                             "--out", str(res / "recurrent.json"), "--work", str(Path(args.work) / f"recurrent-{tag}")]})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--precision", default="fp32",
+                    help="training precision of every stage (fp32 = TF32 matmuls on GPU, as PyTorch's word_language_model)")
+    ap.add_argument("--time-limit", type=float, default=540, help="seconds for this call, all stages included")
+    ap.add_argument("--work", default=str(ROOT / "runs"))
+    ap.add_argument("--vocab-epochs", type=int, default=2, help="retraining epochs of each vocab.py run")
+    ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
+    ap.add_argument("--only", default=None, help="comma list of stage names to run")
+    ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")
+    ap.add_argument("--tar", default=None, help="pack benchmarks/results and the logs into this .tgz at the end")
+    args = ap.parse_args(argv)
+
+    t0 = time.monotonic()
+    deadline = t0 + args.time_limit
+    logs = Path(args.work) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    todo = stages(args)
+    if args.only:
+        keep = set(args.only.split(","))
+        todo = [s for s in todo if s["name"] in keep]
+    state = Path(args.work) / "gpu_all_state.json"
+    finished = set(json.loads(state.read_text())) if state.exists() else set()
+    running: dict[str, subprocess.Popen] = {}
+    waiting = [s for s in todo if s["name"] not in finished]
+    order = [s["name"] for s in todo]
+
+    def ready(s) -> bool:
+        return all((Path(n) / "manifest.json").is_file() for n in s["needs"]) and set(s["after"]) <= finished
+
+    def launch(s):
+        left = deadline - time.monotonic()
+        # each script stops on its own a little before the call's end (vocab.py only between runs: more slack)
+        limit = max(30.0, left - (120 if "vocab" in s["name"] else 40))
+        argv_ = [*s["argv"], "--time-limit", f"{limit:.0f}"]
+        log = open(logs / f"{s['name']}.log", "a")
+        log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv_)}\n")
+        log.flush()
+        running[s["name"]] = subprocess.Popen(argv_, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        print(f"[{time.monotonic() - t0:6.0f}s] started {s['name']} (limit {limit:.0f} s)", flush=True)
+
+    while waiting or running:
+        for s in list(waiting):
+            if time.monotonic() > deadline - 90:
+                break
+            if ready(s):
+                waiting.remove(s)
+                launch(s)
+        for name, p in list(running.items()):
+            rc = p.poll()
+            if rc is None:
+                continue
+            del running[name]
+            # 0: all done; recurrent.py: 1 = done but some run failed (recorded in its JSON), 3 = paused at its limit
+            done = baselines_complete(todo) if name == "baselines" else rc == 0 or (rc == 1 and "recurrent" in name)
+            print(f"[{time.monotonic() - t0:6.0f}s] {name}: {'finished' if done else 'stopped'} (exit {rc})", flush=True)
+            if done:
+                finished.add(name)
+        if not running and (not waiting or time.monotonic() > deadline - 90):
+            break
+        if not running and not any(ready(s) for s in waiting):
+            break  # nothing can start: a needed baseline or an earlier stage did not finish
+        time.sleep(2)
+
+    state.write_text(json.dumps(sorted(finished)))
+    if "baselines" in finished and not (RESULTS / "lstm_path_speed.json").exists() and not args.smoke \
+            and deadline - time.monotonic() > 100 and args.device == "cuda":
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", args.data, "--runs",
+                        "--speed", "--results", str(RESULTS / "lstm_path_speed.json")], cwd=ROOT)
+    left = [n for n in order if n not in finished]
+    print("all done" if not left else f"not finished: {', '.join(left)}; run the same command again", flush=True)
+    if args.tar:
+        with tarfile.open(args.tar, "w:gz") as tar:
+            tar.add(RESULTS if not args.smoke else Path(args.work) / "results", arcname="results")
+            tar.add(logs, arcname="logs")
+    for f in sorted((RESULTS if not args.smoke else Path(args.work) / "results").glob("*.md")):
+        print(f"\n--- {f.name}\n" + f.read_text()[-2500:])
+    return 0 if not left else 3
+
+
+def baselines_complete(todo) -> bool:
+    needs = {n for s in todo for n in s["needs"]}
+    return all((Path(n) / "manifest.json").is_file() for n in needs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Inference speed of compressed vocabulary layers inside a whole LSTM LM: tokens/s compressed vs dense.
+
+A PTB-large-shaped model (V = 10000, H = 1500, 2 layers, untied) with random weights -- speed does not
+depend on training -- gets its embedding and softmax compressed by each method at ``--rate``; every
+model is timed with :func:`lmshrink.measure.lm_tokens_per_second` on CPU at batch 1 and, when CUDA is
+there, on GPU at batch 64 (35-token windows, hidden state carried, median of repeats). Word counts are
+a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
+
+    python benchmarks/vocab_speed.py                      # CPU (and GPU if present), all methods, 10x
+    python benchmarks/vocab_speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lmshrink.compress import Plan, compress, make_config  # noqa: E402
+from lmshrink.io import versions, write_json_atomic  # noqa: E402
+from lmshrink.measure import lm_tokens_per_second  # noqa: E402
+from lmshrink.models import LSTMLanguageModel  # noqa: E402
+
+
+def method_configs(rate: float, gq_rate: float) -> dict[str, dict]:
+    return {
+        "svd": {"method": "svd", "ratio": rate},
+        "groupreduce": {"method": "groupreduce", "ratio": rate, "num_blocks": 5, "refine_iters": 2},
+        "groupreduce+q8": {"method": "quantize", "bits": 8, "ratio": gq_rate,
+                           "base": {"method": "groupreduce", "num_blocks": 5, "refine_iters": 2}},
+        "prune": {"method": "prune", "ratio": rate},
+        "quantize-8bit": {"method": "quantize", "bits": 8},
+        "quantize-4bit": {"method": "quantize", "bits": 4},
+    }
+
+
+def write_table(out_json: str) -> str:
+    """Markdown table next to the JSON (``.md``), from the JSON alone; returns it."""
+    res = json.loads(Path(out_json).read_text())
+    devices, rows, m, st = res["devices"], res["rows"], res["model"], res["setting"]
+    head = ["method", "ratio (emb+softmax)", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
+        cells += [f"{r[f'{d}_tokens_per_s']:,.0f}" for d in devices]
+        cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" for d in devices]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
+            f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
+            f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; "
+            f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall).")
+    table = "\n".join(lines) + "\n\n" + note + "\n"
+    Path(out_json).with_suffix(".md").write_text(table)
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=10000)
+    ap.add_argument("--hidden", type=int, default=1500)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--rate", type=float, default=10.0, help="compression ratio of embedding and softmax (each)")
+    ap.add_argument("--gq-rate", type=float, default=26.0, help="overall ratio of GroupReduce + 8-bit")
+    ap.add_argument("--methods", default="all", help="comma list from: " + ", ".join(method_configs(10, 26)))
+    ap.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if available)")
+    ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed forward passes per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds over all models")
+    ap.add_argument("--out", default="benchmarks/results/vocab_speed.json")
+    args = ap.parse_args(argv)
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    cfgs = method_configs(args.rate, args.gq_rate)
+    names = list(cfgs) if args.methods == "all" else args.methods.split(",")
+    unknown = [n for n in names if n not in cfgs]
+    if unknown:
+        print(f"vocab_speed: unknown method(s) {', '.join(unknown)}; choose from {', '.join(cfgs)}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    V = args.vocab
+    dense = LSTMLanguageModel(V, hidden=args.hidden, layers=args.layers, init_scale=0.04).eval()
+    counts = torch.round(V * 5.0 / torch.arange(1, V + 1)) + 1  # Zipf-like
+    setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
+               "rate": args.rate, "gq_rate": args.gq_rate}
+
+    def speed(model, dev):
+        bs = setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
+        r = lm_tokens_per_second(model, V, dev, batch_size=bs, repeats=args.repeats, warmup=3)["tokens_per_s"]
+        model.cpu()
+        return r
+
+    models = {"dense": dense}
+    rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
+    for name in names:
+        model = copy.deepcopy(dense)
+        cfg = make_config(**cfgs[name])
+        t0 = time.perf_counter()
+        report = compress(model, Plan({"encoder": cfg, "decoder": cfg}), {"word_counts": counts})
+        cs = time.perf_counter() - t0
+        ratio = sum(r["dense_bits"] for r in report) / sum(r["bits"] for r in report)
+        models[name] = model.eval()
+        rows[name] = {"method": name, "config": cfg.to_dict(), "vocab_ratio": ratio, "compress_s": cs}
+        print(f"{name}: compressed in {cs:.1f} s, ratio {ratio:.1f}x", flush=True)
+    # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
+    # each model's figure is the median over rounds, its speed-up the median of per-round ratios.
+    for d in devices:
+        per_round = {n: [] for n in models}
+        for k in range(args.rounds):
+            for n, model in models.items():
+                per_round[n].append(speed(model, d))
+            print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
+        for n in models:
+            rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
+            rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], per_round["dense"]))
+            rows[n][f"{d}_rounds"] = per_round[n]
+    rows = list(rows.values())
+    base = {d: rows[0][f"{d}_tokens_per_s"] for d in devices}
+    out = {"model": {"vocab": V, "hidden": args.hidden, "layers": args.layers, "tied": False, "weights": "random"},
+           "setting": setting, "threads": torch.get_num_threads(), "devices": devices,
+           "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None, "versions": versions(),
+           "dense": base, "rows": rows}
+    write_json_atomic(args.out, out)
+    print("\n" + write_table(args.out) + f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

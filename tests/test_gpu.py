@@ -1,0 +1,66 @@
+"""The CUDA paths of every registered method (run on a GPU machine: ``pytest -m gpu``; skipped elsewhere).
+
+Each row of ``tests/test_methods.py``'s EXAMPLES is compressed on the CPU, moved to the GPU, and must give the
+CPU's logits there (fp32, TF32 off) for the fused-training and the inference paths; a training step on the GPU
+must reach every compressed layer. The dense model's fused cuDNN path is checked against the pluggable loop.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from test_methods import CASES, EXAMPLES, compressed, ids
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("name,i", CASES)
+def test_gpu_logits_match_cpu(name, i):
+    ex = EXAMPLES[name][i]
+    _, model, _ = compressed(name, ex)
+    x = ids()
+    with torch.no_grad():
+        want, _ = model.eval()(x)
+        gpu = copy.deepcopy(model).cuda().eval()
+        got, _ = gpu(x.cuda())
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,i", CASES)
+def test_gpu_training_step_reaches_compressed_layers(name, i):
+    ex = EXAMPLES[name][i]
+    _, model, report = compressed(name, ex)
+    model = model.cuda().train()
+    logits, _ = model(ids().cuda())
+    logits.float().logsumexp(-1).mean().backward()
+    for r in report:
+        if r["method"] == "tied":
+            continue
+        grads = [p.grad for p in model.get_submodule(r["module"]).parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), r["module"]
+
+
+def test_fused_cudnn_path_equals_pluggable_loop():
+    from lmshrink.models import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(500, hidden=64, layers=2).cuda().eval()
+    x = torch.randint(0, 500, (12, 4), device="cuda")
+    with torch.no_grad():
+        fused, _ = model(x)
+        for layer in model.rnn.layers:
+            layer.force_loop = True
+        loop, _ = model(x)
+    torch.testing.assert_close(fused, loop, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,167 @@
+"""GroupReduce-specific checks: exact recovery, monotone refinement, rank rules, budgets, fast paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lmshrink.methods  # noqa: F401
+from lmshrink.compress import LayerContext, get_method, make_config
+from lmshrink.errors import LmshrinkError
+from lmshrink.methods.groupreduce import groupreduce_fit, layer_bits, rank_scores, split_blocks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def zipf(V: int) -> torch.Tensor:
+    return torch.round(5000.0 / torch.arange(1, V + 1)) + 1
+
+
+def apply(W: torch.Tensor, counts: torch.Tensor, flavour: str = "embedding", **opts):
+    m = torch.nn.Embedding(*W.shape) if flavour == "embedding" else torch.nn.Linear(W.shape[1], W.shape[0])
+    m.weight.data.copy_(W)
+    return get_method("groupreduce").apply(m, make_config("groupreduce", **opts), LayerContext("x", flavour, counts))
+
+
+def block_low_rank(groups: list[torch.Tensor], D: int, rank: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    V = sum(len(x) for x in groups)
+    W = torch.zeros(V, D, dtype=torch.float64)
+    for ids in groups:
+        W[ids] = torch.randn(len(ids), rank, generator=g, dtype=torch.float64) @ torch.randn(rank, D, generator=g, dtype=torch.float64)
+    return W
+
+
+def test_exact_recovery_on_block_low_rank_matrix():
+    V, D, r = 400, 24, 3
+    W = block_low_rank([torch.arange(t * 100, (t + 1) * 100) for t in range(4)], D, r).float()
+    layer = apply(W, zipf(V), rank=r, num_blocks=4, rank_rule="uniform")
+    assert layer.ranks == [r] * 4 and layer.block_sizes == [100] * 4
+    err = float((layer.dense_weight() - W).norm() / W.norm())
+    assert err < 1e-5, err
+
+
+def test_refinement_moves_misplaced_words_back_and_recovers_exactly():
+    V, D, r = 400, 24, 3
+    true = [torch.arange(t * 100, (t + 1) * 100) for t in range(4)]
+    true[0], true[1] = torch.cat([true[0][:95], true[1][:5]]), torch.cat([true[0][95:], true[1][5:]])  # 5 words swapped
+    W = block_low_rank(true, D, r)
+    cfg = dict(rank=r, num_blocks=4, rank_rule="uniform")
+    no_refine = groupreduce_fit(W, zipf(V), make_config("groupreduce", **cfg, refine_iters=0), None)
+    refined = groupreduce_fit(W, zipf(V), make_config("groupreduce", **cfg, refine_iters=5), None)
+    f = zipf(V).double() / zipf(V).sum()
+    energy = float((f * (W ** 2).sum(1)).sum())  # the weighted error of the all-zero approximation
+    assert no_refine.history[-1] > 1e-4 * energy  # without refinement the misplaced words cost
+    assert refined.history[-1] < 1e-20 * energy + 1e-12 * no_refine.history[-1]
+    got = sorted(sorted(b.tolist()) for b in refined.blocks)
+    assert got == sorted(sorted(t.tolist()) for t in true)
+
+
+@pytest.mark.parametrize("weighting", ["frequency", "sqrt_frequency", "none"])
+def test_refinement_never_increases_weighted_error(weighting):
+    torch.manual_seed(3)
+    V, D = 600, 40
+    perm = torch.randperm(V)  # true groups unrelated to frequency: refinement has work to do
+    W = block_low_rank([perm[t * 150:(t + 1) * 150] for t in range(4)], D, 4) + 0.3 * torch.randn(V, D, dtype=torch.float64)
+    fit = groupreduce_fit(W, zipf(V), make_config("groupreduce", ratio=3, num_blocks=4, rank_rule="uniform",
+                                                  refine_iters=8, weighting=weighting), V * D * 32 / 3)
+    h = fit.history
+    assert len(h) >= 2 and sum(fit.moves) > 0, "expected the refinement to move some words"
+    assert all(b <= a * (1 + 1e-10) for a, b in zip(h, h[1:])), h
+    assert h[-1] < h[0]
+
+
+def test_refinement_on_random_weights_is_monotone_and_within_budget():
+    torch.manual_seed(5)
+    V, D = 600, 40
+    budget = V * D * 32 / 4
+    fit = groupreduce_fit(torch.randn(V, D, dtype=torch.float64), zipf(V),
+                          make_config("groupreduce", ratio=4, num_blocks=6, refine_iters=5), budget)
+    assert all(b <= a * (1 + 1e-10) for a, b in zip(fit.history, fit.history[1:]))
+    assert layer_bits([len(b) for b in fit.blocks], fit.ranks, D, None, None) <= budget
+
+
+@pytest.mark.parametrize("rule", ["frequency", "sqrt_frequency", "log_frequency", "uniform"])
+@pytest.mark.parametrize("ratio", [3, 8])
+def test_budget_met_and_ranks_follow_frequency(rule, ratio):
+    torch.manual_seed(0)
+    V, D = 800, 48
+    layer = apply(torch.randn(V, D), zipf(V), ratio=ratio, num_blocks=5, rank_rule=rule)
+    assert V * D * 32 / layer.bits() >= ratio
+    assert layer.bits() == layer_bits(layer.block_sizes, layer.ranks, D, None, None)
+    assert all(a >= b for a, b in zip(layer.ranks, layer.ranks[1:])), layer.ranks  # frequent blocks never get less
+    if rule == "uniform":
+        assert max(layer.ranks) - min(layer.ranks) <= 1
+
+
+def test_rank_scores_and_splits():
+    f = torch.tensor([100.0, 10.0, 1.0])
+    assert rank_scores(f, "frequency") == pytest.approx([100, 10, 1])
+    assert rank_scores(f, "sqrt_frequency") == pytest.approx([10, 10 ** 0.5, 1])
+    assert rank_scores(f, "uniform") == [1, 1, 1]
+    counts = zipf(100)
+    eq = split_blocks(counts, 4, "equal_size")
+    assert [len(b) for b in eq] == [25] * 4 and eq[0].tolist() == list(range(25))
+    mass = split_blocks(counts, 4, "equal_mass")
+    assert sum(len(b) for b in mass) == 100 and len(mass[0]) < len(mass[-1])
+
+
+@pytest.mark.parametrize("flavour", ["embedding", "linear"])
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_fast_paths_equal_dense_weight(flavour, bits):
+    torch.manual_seed(1)
+    V, D = 300, 40
+    layer = apply(torch.randn(V, D), zipf(V), flavour, ratio=4, num_blocks=4, bits=bits)
+    W = layer.dense_weight().detach()
+    h = torch.randn(2, 5, D)
+    if flavour == "embedding":
+        ids = torch.randint(0, V, (4, 3))
+        torch.testing.assert_close(layer(ids), W[ids])
+        torch.testing.assert_close(layer.project(h), h @ W.t(), atol=1e-4, rtol=1e-4)
+    else:
+        torch.testing.assert_close(layer(h), h @ W.t() + layer.bias, atol=1e-4, rtol=1e-4)
+
+
+def test_quantized_factors_close_to_float():
+    torch.manual_seed(2)
+    V, D = 300, 40
+    W = torch.randn(V, D)
+    f = apply(W, zipf(V), ratio=4, num_blocks=4)
+    q = apply(W, zipf(V), ratio=4 * 32 / 8.25, num_blocks=4, bits=8)
+    assert q.bits() < f.bits() / 3
+    err_f = float((f.dense_weight() - W).norm() / W.norm())
+    err_q = float((q.dense_weight() - W).norm() / W.norm())
+    assert err_q < err_f + 0.03, (err_f, err_q)
+
+
+def test_frequent_words_reconstructed_best():
+    torch.manual_seed(4)
+    V, D = 1000, 48
+    W = torch.randn(V, D)
+    layer = apply(W, zipf(V), ratio=4, num_blocks=5)
+    err = ((layer.dense_weight() - W) ** 2).sum(1) / (W ** 2).sum(1)
+    assert float(err[:100].mean()) < 0.5 * float(err[-500:].mean())
+
+
+def test_bad_input():
+    W = torch.randn(200, 16)
+    with pytest.raises(LmshrinkError, match="largest reachable ratio"):
+        apply(W, zipf(200), ratio=500, num_blocks=4)
+    with pytest.raises(LmshrinkError, match="rank"):
+        apply(W, zipf(200), rank=17, num_blocks=4)
+    with pytest.raises(LmshrinkError, match="use rank <= 13"):
+        apply(W, zipf(200), rank=15, num_blocks=2, rank_rule="uniform")  # 100 x 16 blocks: rank 14+ is not smaller
+    with pytest.raises(LmshrinkError, match="frequency vector"):
+        apply(W, zipf(199), ratio=4)
+    for bad in ({"rank_rule": "cubic"}, {"weighting": "x"}, {"split": "x"}, {"bits": 1}, {"num_blocks": 0},
+                {"group_size": 12}, {"refine_iters": -1}):
+        with pytest.raises(LmshrinkError):
+            make_config("groupreduce", ratio=4, **bad)
+    with pytest.raises(LmshrinkError):
+        make_config("groupreduce")

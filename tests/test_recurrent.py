@@ -1,0 +1,378 @@
+"""Recurrent-layer compression: Kronecker, doped Kronecker (+ CMR, annealing), HMD, tensor train.
+
+Every check compares a compressed layer or model with the dense one it came from, in the same test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lmshrink.compress import compress, make_config
+from lmshrink.errors import LmshrinkError
+from lmshrink.io import load_model_dir, save_model_dir
+from lmshrink.layers.hmd import HMDLinear
+from lmshrink.layers.kronecker import (DopedKroneckerLinear, KroneckerLinear, kron_dense, kron_matvec, nearest_kronecker,
+                                       pack_doped)
+from lmshrink.layers.tensor_train import tt_dense, tt_matvec, tt_svd
+from lmshrink.measure import totals
+from lmshrink.models.lstm_lm import LSTMLanguageModel
+from lmshrink.train.schedules import cubic_density
+
+LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
+
+# (method, options) rows: every row goes through the generic LSTM checks below
+ROWS = [
+    ("kronecker", {"ratio": 6}),
+    ("kronecker", {"a_shape": [8, 4], "terms": 2}),
+    ("doped_kronecker", {"ratio": 3}),  # train form (annealing not run): equals dense at density 1
+    ("doped_kronecker", {"ratio": 3, "anneal": False}),  # packed at once
+    ("hmd", {"ratio": 4}),
+    ("hmd", {"dense_rows": 3, "rank": 2}),
+    ("tt", {"ratio": 4}),
+    ("tt", {"ranks": [3, 3], "in_modes": [2, 4, 3], "out_modes": [8, 4, 3]}),
+    ("svd", {"ratio": 4}),  # LMF = the existing low-rank method, gates jointly
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices: extra OpenMP threads only add contention on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_lm(seed=0, hidden=24, vocab=40) -> LSTMLanguageModel:
+    torch.manual_seed(seed)
+    return LSTMLanguageModel(vocab, hidden=hidden, layers=2)
+
+
+def compressed(method, opts, seed=0):
+    model = tiny_lm(seed)
+    cfg = make_config(method, **opts)
+    report = compress(model, {p: cfg for p in LSTM_MAPS})
+    return model, report
+
+
+# --------------------------------------------------------------------------- Kronecker algebra
+@pytest.mark.parametrize("terms", [1, 3])
+def test_kp_matvec_equals_dense_kronecker_product(terms):
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(terms, 3, 5, generator=g), torch.randn(terms, 4, 2, generator=g)
+    W = sum(torch.kron(A[t], B[t]) for t in range(terms))  # (12, 10), torch's own Kronecker product
+    x = torch.randn(7, 10, generator=g)
+    assert torch.allclose(kron_dense(A, B), W, atol=1e-5)
+    assert torch.allclose(kron_matvec(A, B, x), x @ W.T, atol=1e-4)
+    layer = KroneckerLinear(10, 12, (3, 5), (4, 2), terms, bias=False)
+    layer.A.data.copy_(A)
+    layer.B.data.copy_(B)
+    assert torch.allclose(layer.eval()(x), x @ W.T, atol=1e-4)
+
+
+def test_nearest_kronecker_recovers_an_exact_product_and_beats_random_factors():
+    g = torch.Generator().manual_seed(2)
+    A, B = torch.randn(1, 4, 3, generator=g), torch.randn(1, 5, 6, generator=g)
+    W = kron_dense(A, B)
+    A2, B2 = nearest_kronecker(W, (4, 3), (5, 6))
+    assert torch.allclose(kron_dense(A2, B2), W, atol=1e-4)
+    noisy = W + 0.1 * torch.randn(W.shape, generator=g)
+    A3, B3 = nearest_kronecker(noisy, (4, 3), (5, 6))
+    assert (kron_dense(A3, B3) - noisy).norm() < (W - noisy).norm() + 1e-6  # optimal, so no worse than the truth
+
+
+# --------------------------------------------------------------------------- doped KP
+def test_doped_layer_at_density_one_represents_any_matrix():
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(12, 20)
+    lin.weight.data = torch.randn(20, 12, generator=g)  # nothing Kronecker about it
+    from lmshrink.compress import LayerContext, get_method
+
+    cfg = make_config("doped_kronecker", ratio=2)
+    layer = get_method("doped_kronecker").apply(lin, cfg, LayerContext("x", "linear"))
+    assert layer.form == "train" and layer.current_density() == 1.0
+    layer.eval()
+    assert torch.allclose(layer.dense_weight(), lin.weight, atol=1e-5)
+    x = torch.randn(5, 12, generator=g)
+    assert torch.allclose(layer(x), lin(x), atol=1e-5)
+    layer.pack()  # packing at density 1 keeps every entry
+    assert layer.nnz() == 240 and torch.allclose(layer(x), lin(x), atol=1e-5)
+
+
+def test_annealing_reaches_exactly_the_final_density_along_the_cubic_schedule():
+    layer = DopedKroneckerLinear(30, 40, (5, 5), (8, 6), form="train", density=0.037, initial_density=1.0,
+                                 anneal_start=0.1, anneal_end=0.6, prune_every=3)
+    layer.S.data.normal_(generator=torch.Generator().manual_seed(4))
+    total, seen = 100, []
+    for step in range(1, total + 1):
+        layer.training_step_hook(step / total, step)
+        seen.append(layer.nnz())
+        if step % 3 == 0 and step / total < 0.6:  # on a pruning step the mask follows the schedule
+            want = max(1, round(cubic_density(step / total, 1.0, 0.037, 0.1, 0.6) * 1200))
+            assert seen[-1] == min(want, seen[-2] if len(seen) > 1 else 1200)
+    assert all(a >= b for a, b in zip(seen, seen[1:]))  # only removes
+    assert seen[59] == round(0.037 * 1200) == seen[-1]  # exactly final from anneal_end (progress 0.6) on
+    assert float(layer.S.detach().abs()[~layer.mask].sum()) == 0.0  # removed entries are zero, not hidden
+    kept = layer.S.detach().abs()[layer.mask]
+    assert kept.min() > 0
+
+
+def test_doped_annealing_runs_inside_the_training_loop_and_packs(tmp_path):
+    from lmshrink.data import Corpus, Vocabulary
+    from lmshrink.models.lstm_lm import PRESETS
+    from lmshrink.train.lm import train_lm
+
+    g = torch.Generator().manual_seed(5)
+    vocab = Vocabulary([f"w{i}" for i in range(30)], [1] * 30)
+    splits = {s: torch.randint(0, 30, (n,), generator=g) for s, n in (("train", 1200), ("valid", 200), ("test", 200))}
+    corpus = Corpus("toy", vocab, splits, {})
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(30, hidden=32, layers=2)
+    cfg = make_config("doped_kronecker", density=0.05, anneal_end=0.5, prune_every=2, cmr=0.3)
+    compress(model, {p: cfg for p in LSTM_MAPS})
+    out = train_lm(model, corpus, PRESETS["tiny"], device="cpu", epochs=1, progress=False, log=lambda *_: None)
+    model = out["model"]
+    layers = [m for m in model.modules() if isinstance(m, DopedKroneckerLinear)]
+    assert len(layers) == 4
+    for m in layers:
+        assert m.nnz() == round(0.05 * m.out_features * m.in_features)
+    model.eval()
+    ids = torch.randint(0, 30, (6, 2), generator=g)
+    before, _ = model(ids)
+    assert pack_doped(model) == 4
+    after, _ = model(ids)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert all(m.form == "packed" for m in layers)
+
+
+def test_cmr_drops_sparse_rows_only_while_training_and_only_until_cmr_until():
+    layer = DopedKroneckerLinear(8, 12, (3, 2), (4, 4), form="train", density=0.5, cmr=0.5, cmr_until=0.5,
+                                 cmr_granularity="row")
+    layer.S.data.normal_(generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    layer.train()
+    layer.training_step_hook(0.1, 1)
+    kp = kron_dense(layer.A, layer.B)
+    S = layer.dense_weight() - kp
+    full = layer.S * layer.mask
+    rows_dropped = (S.abs().sum(1) == 0) & (full.abs().sum(1) > 0)
+    assert rows_dropped.any()
+    kept = ~rows_dropped
+    assert torch.allclose(S[kept], 2.0 * full[kept])  # inverted dropout scaling 1 / (1 - p)
+    layer.eval()
+    assert torch.allclose(layer.dense_weight() - kp, full)
+    layer.train()
+    layer.training_step_hook(0.6, 2)  # past cmr_until: no more dropout
+    assert torch.allclose(layer.dense_weight() - kp, full)
+
+
+@pytest.mark.parametrize("granularity", ["element", "matrix"])
+def test_cmr_granularities_drop_entries_or_the_whole_sparse_part(granularity):
+    layer = DopedKroneckerLinear(8, 12, (3, 2), (4, 4), form="train", density=1.0, cmr=0.5, cmr_granularity=granularity)
+    layer.S.data.normal_(generator=torch.Generator().manual_seed(7))
+    layer.train()
+    torch.manual_seed(1)
+    full = (layer.S * layer.mask).detach()
+    seen = []
+    for _ in range(20):
+        ratio = ((layer.dense_weight() - kron_dense(layer.A, layer.B)) / full).detach()  # 0 (dropped) or 2 (kept)
+        assert torch.allclose(ratio * (ratio - 2), torch.zeros_like(ratio), atol=1e-4)
+        seen.append(ratio)
+    if granularity == "matrix":
+        assert all(float(r.std()) < 1e-4 for r in seen)  # all of S at once
+        assert {round(float(r.mean())) for r in seen} == {0, 2}
+    else:
+        assert all(0.2 < float((r == 0).float().mean()) < 0.8 for r in seen)
+
+
+def test_doped_ratio_budget_counts_values_indices_and_row_pointers():
+    lin = nn.Linear(64, 96)
+    from lmshrink.compress import LayerContext, get_method
+
+    layer = get_method("doped_kronecker").apply(lin, make_config("doped_kronecker", ratio=5, anneal=False),
+                                                LayerContext("x", "linear"))
+    weight_bits = layer.bits() - 32 * 96  # minus the dense bias
+    assert 32 * 96 * 64 / weight_bits >= 5.0
+    assert 32 * 96 * 64 / weight_bits < 5.0 * 1.01  # and S uses what the KP leaves
+    assert layer.col.dtype == torch.int16 and layer.row_ptr.dtype == torch.int32
+
+
+# --------------------------------------------------------------------------- tensor train and HMD
+def test_tt_reconstruction_error_falls_as_ranks_grow():
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(60, 30, generator=g)
+    om, im = [4, 5, 3], [2, 3, 5]
+    errors = []
+    for r in (1, 2, 4, 8):
+        cores = tt_svd(W, om, im, [1, r, r, 1])
+        errors.append(float((tt_dense(cores, om, im) - W).norm() / W.norm()))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    full = tt_svd(W, om, im, [1, 8, 15, 1])  # maximal ranks: exact
+    assert float((tt_dense(full, om, im) - W).norm() / W.norm()) < 1e-5
+    x = torch.randn(3, 30, generator=g)
+    assert torch.allclose(tt_matvec(full, om, im, x), x @ W.T, atol=1e-4)
+
+
+def test_hmd_keeps_the_upper_rows_of_every_gate_exactly():
+    lin = nn.Linear(20, 4 * 6)
+    from lmshrink.compress import LayerContext, get_method
+
+    layer = get_method("hmd").apply(lin, make_config("hmd", dense_rows=2, rank=3), LayerContext("x", "linear", num_gates=4))
+    assert isinstance(layer, HMDLinear)
+    W, R = lin.weight.detach().view(4, 6, 20), layer.dense_weight().detach().view(4, 6, 20)
+    assert torch.allclose(R[:, :2], W[:, :2])  # dense rows of each gate block
+    assert torch.linalg.matrix_rank(R[1, 2:]) <= 3
+
+
+# --------------------------------------------------------------------------- generic LSTM checks, every row
+@pytest.mark.parametrize("method,opts", ROWS, ids=[f"{m}-{'-'.join(map(str, o.values()))}" for m, o in ROWS])
+def test_compressed_lstm_loop_matches_dense_fused_lstm_from_rebuilt_weights(method, opts):
+    model, report = compressed(method, opts)
+    dense = tiny_lm()
+    model.eval()  # dense_weight() in training mode would include CMR dropout
+    for k, layer in enumerate(model.rnn.layers):
+        dense.rnn.layers[k].ih.weight.data.copy_(layer.ih.dense_weight())
+        dense.rnn.layers[k].hh.weight.data.copy_(layer.hh.dense_weight())
+    model.eval(), dense.eval()
+    assert all(model.rnn.layers[k]._fused_weights() is None for k in range(2))  # eval: the compact loop
+    ids = torch.randint(0, 40, (9, 3), generator=torch.Generator().manual_seed(8))
+    a, _ = model(ids)
+    b, _ = dense(ids)
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max().detach())
+    # training mode goes fused through dense_weight(), and gradients reach the compact parameters
+    model.train()
+    assert model.rnn.layers[0]._fused_weights() is not None
+    logits, _ = model(ids)
+    logits.float().pow(2).mean().backward()
+    for m in model.modules():
+        if hasattr(m, "dense_weight") and m is not model:
+            grads = [p.grad for n, p in m.named_parameters() if n != "bias"]
+            assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("method,opts", ROWS, ids=[f"{m}-{'-'.join(map(str, o.values()))}" for m, o in ROWS])
+def test_save_load_round_trip_and_bits_match_bytes_on_disk(method, opts, tmp_path):
+    model, report = compressed(method, opts)
+    for r in report:
+        assert r["bits"] == model.get_submodule(r["module"]).bits()
+    model.eval()
+    ids = torch.randint(0, 40, (5, 2), generator=torch.Generator().manual_seed(9))
+    before, _ = model(ids)
+    manifest = save_model_dir(model, tmp_path / "m")
+    loaded, _ = load_model_dir(tmp_path / "m")
+    after, _ = loaded(ids)
+    assert torch.allclose(before, after, atol=1e-6)
+    # manifest: every compressed map listed with its type, spec and method config
+    layers = manifest["compressed_layers"]
+    assert sorted(layers) == sorted(f"rnn.layers.{k}.{w}" for k in range(2) for w in ("ih", "hh"))
+    for name, entry in layers.items():
+        mod = loaded.get_submodule(name)
+        assert entry["type"] == mod.layer_type and entry["spec"] == mod.spec()
+        assert entry["config"]["method"] == method
+    # bits(): the tensor bytes safetensors wrote (file minus its 8-byte length and JSON header) within 2%
+    raw = (tmp_path / "m" / "model.safetensors").read_bytes()
+    header_len = struct.unpack("<Q", raw[:8])[0]
+    data_bytes = len(raw) - 8 - header_len
+    header = json.loads(raw[8 : 8 + header_len])
+    bits = totals(model)["bits"]
+    assert abs(bits / 8 - data_bytes) <= 0.02 * data_bytes
+    for name in layers:  # and per compressed layer, exactly
+        mod = model.get_submodule(name)
+        on_disk = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k.startswith(name + "."))
+        assert on_disk * 8 == mod.bits()
+
+
+def test_round_trip_of_the_train_form_keeps_mask_and_schedule(tmp_path):
+    model, _ = compressed("doped_kronecker", {"ratio": 3, "anneal_end": 0.4})
+    layer = model.rnn.layers[0].ih
+    layer.set_density(0.3)
+    save_model_dir(model, tmp_path / "m")
+    loaded, _ = load_model_dir(tmp_path / "m")
+    model.eval()  # no CMR, for an exact comparison
+    twin = loaded.rnn.layers[0].ih
+    assert twin.form == "train" and twin.anneal_end == 0.4 and torch.equal(twin.mask, layer.mask)
+    assert torch.equal(twin.dense_weight(), layer.dense_weight())
+
+
+# --------------------------------------------------------------------------- bad input: one line, nothing changed
+BAD = [
+    ("kronecker", {"a_shape": [5, 4]}, "does not divide"),
+    ("doped_kronecker", {"density": 0.0}, "density must be in (0, 1]"),
+    ("doped_kronecker", {"density": 1.5}, "density must be in (0, 1]"),
+    ("doped_kronecker", {"density": 0.01, "anneal_end": 1.2}, "after training ends"),
+    ("doped_kronecker", {"ratio": 4, "density": 0.01}, "exactly one of"),
+    ("tt", {"ranks": [50, 50], "in_modes": [2, 4, 3], "out_modes": [8, 4, 3]}, "exceeds its maximum"),
+    ("tt", {"ranks": [2, 2], "in_modes": [2, 4, 4], "out_modes": [8, 4, 3]}, "multiply to"),
+    ("kronecker", {"a_shape": [8, 4], "terms": 99}, "exceed the maximum"),
+    ("hmd", {"dense_rows": 2, "rank": 40}, "exceeds min"),
+    ("svd", {"rank": 500}, "exceeds"),
+]
+
+
+@pytest.mark.parametrize("method,opts,msg", BAD, ids=[b[2] for b in BAD])
+def test_bad_input_is_one_clear_line_and_leaves_the_model_untouched(method, opts, msg, tmp_path):
+    model = tiny_lm()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LmshrinkError) as e:
+        compress(model, {p: make_config(method, **opts) for p in LSTM_MAPS})
+    text = str(e.value)
+    assert msg in text and "\n" not in text
+    assert all(type(m.ih) is nn.Linear for m in model.rnn.layers)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not any(tmp_path.iterdir())
+
+
+def test_cubic_schedule_endpoints():
+    assert cubic_density(0.0, 1.0, 0.01, 0.0, 0.5) == 1.0
+    assert cubic_density(0.5, 1.0, 0.01, 0.0, 0.5) == 0.01
+    assert cubic_density(1.0, 1.0, 0.01, 0.0, 0.5) == 0.01
+    mid = cubic_density(0.25, 1.0, 0.01, 0.0, 0.5)
+    assert math.isclose(mid, 0.01 + 0.99 * 0.5**3)
+
+
+# --------------------------------------------------------------------------- the benchmark script, end to end
+@pytest.mark.slow
+def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
+    """benchmarks/recurrent.py: trains a tiny dense baseline, compresses, retrains, writes JSON/Markdown/PNG."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data" / "ptb"
+    data.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    words = [f"w{i}" for i in range(60)]
+
+    def text(lines):
+        return "".join(" " + " ".join(words[int(i)] for i in torch.randint(0, 60, (12,), generator=g)) + " \n"
+                       for _ in range(lines))
+
+    (data / "ptb.train.txt").write_text(text(300))
+    (data / "ptb.valid.txt").write_text(text(30))
+    (data / "ptb.test.txt").write_text(text(30))
+    out = tmp_path / "res" / "recurrent.json"
+    cmd = [sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb", "--data",
+           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf,tt",
+           "--ratios", "6", "--epochs", "1", "--max-steps", "8", "--jobs", "2", "--work", str(tmp_path / "work"),
+           "--out", str(out), "--cpu-repeats", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    res = json.loads(out.read_text())
+    base = res["baselines"]["tiny/ptb"]
+    runs = [r for r in res["runs"].values() if r.get("status") == "ok"]
+    assert len(runs) == 5
+    for r in runs:
+        ratio = base["lstm_bits"] / r["lstm_bits"]  # of the LSTM layers as a whole, biases included
+        assert 6 * 0.999 <= ratio < 12, (r["label"], ratio)  # budget met, and not wildly under it
+        assert r["lstm_bytes_on_disk"] * 8 == r["lstm_bits"] and math.isfinite(r["test_ppl"])
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
+    assert again.returncode == 0 and "started" not in again.stdout
