@@ -79,11 +79,20 @@ def _write_verified(data: bytes, dest: Path, expected: str) -> None:
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected:
         raise LmshrinkError(f"download for {dest.name} has sha256 {digest[:12]}..., expected {expected[:12]}...; not written")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    except OSError as e:
+        raise LmshrinkError(f"cannot write into {dest.parent}: {e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise LmshrinkError(f"could not write {dest}: {e}") from None
+        raise
 
 
 def download_corpus(name: str, data_dir: str | Path, url: str | None = None, specs: dict | None = None) -> Path:

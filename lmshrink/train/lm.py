@@ -79,7 +79,16 @@ def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt
     mean = float(total) / count
     if not math.isfinite(mean):
         raise LmshrinkError("evaluation loss is NaN or inf: the model's weights are broken")
-    return math.exp(mean)
+    return _ppl(mean)
+
+
+def _ppl(mean_nats: float) -> float:
+    """exp of a mean cross-entropy; a finite loss past float range is an infinite perplexity, not a crash."""
+    return math.exp(mean_nats) if mean_nats < 709.0 else math.inf
+
+
+# A mean cross-entropy this high (perplexity e^100) is no language model: the run has diverged.
+DIVERGED_NATS = 100.0
 
 
 def zaremba_lr(recipe: Preset, epoch: int) -> float:
@@ -159,6 +168,14 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
     trainer = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": [], "wall_s": 0.0,
                "train_tokens": 0, "seed": seed}
     state = None
+    loss_sum, tok_sum, t_epoch = None, 0, time.monotonic()
+
+    def save_checkpoint() -> None:
+        # the epoch's running loss goes with the checkpoint, so a resumed epoch reports the whole epoch
+        trainer.update(wall_s=time.monotonic() - t_start, epoch_loss_sum=float(loss_sum) if loss_sum is not None else 0.0,
+                       epoch_tokens=tok_sum, epoch_seconds=time.monotonic() - t_epoch)
+        ckpt.save(model, trainer, state)
+
     if resume and ckpt.exists():
         model, trainer, state = ckpt.load(device)
         log(f"resuming from {ckpt.dir} at epoch {trainer['epoch'] + 1}, step {trainer['step_in_epoch']}")
@@ -179,6 +196,10 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                 state = model.init_state(recipe.batch_size, device)
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             tok_sum, t_epoch = 0, time.monotonic()
+            if trainer["step_in_epoch"] > 0:  # resumed inside this epoch
+                loss_sum += trainer.get("epoch_loss_sum", 0.0)
+                tok_sum = trainer.get("epoch_tokens", 0)
+                t_epoch -= trainer.get("epoch_seconds", 0.0)
             bar = tqdm(total=windows_per_epoch, initial=trainer["step_in_epoch"], disable=not progress,
                        desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
             for k, (inputs, targets) in enumerate(bptt_windows(train_data, recipe.bptt)):
@@ -203,9 +224,7 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                 trainer["train_tokens"] += targets.numel()
                 if k % 50 == 0 or k + 1 == windows_per_epoch:
                     mean = float(loss_sum) / max(tok_sum, 1)
-                    if not math.isfinite(mean):
-                        raise LmshrinkError(f"training loss became NaN/inf at epoch {epoch + 1}, step {k + 1}; "
-                                            f"lower the learning rate or gradient-norm limit")
+                    _check_loss(mean, epoch, k)
                     bar.set_postfix(loss=f"{mean:.3f}", ppl=f"{math.exp(min(mean, 50)):.1f}",
                                     tok_s=f"{tok_sum / max(time.monotonic() - t_epoch, 1e-9):.0f}", lr=f"{opt.param_groups[0]['lr']:.3g}")
                 bar.update(1)
@@ -213,11 +232,12 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                     done = True
                     break
                 if time.monotonic() - last_ckpt > checkpoint_every_s:
-                    trainer["wall_s"] = time.monotonic() - t_start
-                    ckpt.save(model, trainer, state)
+                    save_checkpoint()
                     last_ckpt = time.monotonic()
             bar.close()
-            train_ppl = math.exp(float(loss_sum) / max(tok_sum, 1))
+            mean = float(loss_sum) / max(tok_sum, 1)
+            _check_loss(mean, epoch, trainer["step_in_epoch"] - 1)
+            train_ppl = _ppl(mean)
             valid_ppl = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
             model.train()
             epoch_s = time.monotonic() - t_epoch
@@ -227,14 +247,14 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                 f"valid ppl {valid_ppl:8.2f}  {tok_sum / epoch_s:,.0f} tok/s")
             trainer["epoch"] += 1
             trainer["step_in_epoch"] = 0
+            loss_sum, tok_sum = None, 0
             trainer["wall_s"] = time.monotonic() - t_start
             if not done and trainer["epoch"] < epochs:
-                ckpt.save(model, trainer, state)
+                save_checkpoint()
                 last_ckpt = time.monotonic()
     except KeyboardInterrupt:
-        trainer["wall_s"] = time.monotonic() - t_start
         if state is not None:
-            ckpt.save(model, trainer, state)
+            save_checkpoint()
             log(f"interrupted: checkpoint saved to {ckpt.dir}; run the same command again to resume")
         raise
     wall = time.monotonic() - t_start
@@ -242,6 +262,12 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
     return {"model": model, "history": hist, "epochs": len(hist), "steps": trainer["global_step"],
             "valid_ppl": hist[-1]["valid_ppl"] if hist else None, "wall_s": wall,
             "train_tokens_per_s": trainer["train_tokens"] / max(wall, 1e-9), "checkpoint": ckpt}
+
+
+def _check_loss(mean: float, epoch: int, step: int) -> None:
+    if not math.isfinite(mean) or mean > DIVERGED_NATS:
+        raise LmshrinkError(f"training loss became NaN/inf or diverged (mean cross-entropy {mean:.3g}) at epoch "
+                            f"{epoch + 1}, step {step + 1}; lower the learning rate or gradient-norm limit")
 
 
 def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, lr: float | None = None,
