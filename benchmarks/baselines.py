@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lmshrink without installing (GPU machines)
+
 PUBLISHED = {("ptb", "small"): 115.91, ("ptb", "medium"): 82.07, ("ptb", "large"): 78.29}
 
 
@@ -153,19 +155,25 @@ def main() -> int:
         results["lstm_path_speed"] = lstm_path_speed(args.device)
         print(json.dumps(results["lstm_path_speed"], indent=1), flush=True)
 
-    while any(p.poll() is None for p, *_ in procs.values()):
-        if time.monotonic() - t0 > args.time_limit:
-            for name, (p, *_) in procs.items():
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)  # train_lm checkpoints on Ctrl-C
-                    print(f"{name}: time limit reached, checkpointing (rerun to resume)", flush=True)
-            for p, *_ in procs.values():
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            break
-        time.sleep(5)
+    def stop_all(why: str) -> None:
+        for name, (p, *_) in procs.items():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)  # train_lm checkpoints on Ctrl-C
+                print(f"{name}: {why}, checkpointing (rerun to resume)", flush=True)
+        for p, *_ in procs.values():
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    try:
+        while any(p.poll() is None for p, *_ in procs.values()):
+            if time.monotonic() - t0 > args.time_limit:
+                stop_all("time limit reached")
+                break
+            time.sleep(2)
+    except KeyboardInterrupt:  # our own Ctrl-C: stop the runs cleanly and still record what finished
+        stop_all("interrupted")
 
     for name, (p, (corpus, preset, precision), cmd) in procs.items():
         stdout = p.stdout.read() if p.stdout else ""

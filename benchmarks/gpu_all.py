@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -46,7 +47,7 @@ def stages(args) -> list[dict]:
     spec = {k: (c, "tiny" if args.smoke else p) for k, (c, p) in BASELINES.items()}
     model_dir = {k: models / f"{c}-{p}" for k, (c, p) in spec.items()}
     runs = sorted({f"{c}:{p}" for c, p in spec.values()})
-    res = Path(args.work) / "results" if args.smoke else RESULTS
+    res = Path(args.results)
     common = ["--data", args.data, "--device", args.device, "--precision", args.precision]
     if args.smoke:
         vocab_opts = ["--finetune-epochs", "1", "--rates", "5", "--gq-rates", "26", "--methods", "svd,groupreduce,groupreduce_q"]
@@ -54,7 +55,7 @@ def stages(args) -> list[dict]:
     else:
         vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune"]
         rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
-    out = [{"name": "baselines", "needs": [], "after": [],
+    out = [{"name": "baselines", "needs": [], "after": [], "produces": list(model_dir.values()),
             "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
                      "--results", str(res / "baselines.json"),
                      *(["--max-steps", "6"] if args.smoke else [])]}]
@@ -90,8 +91,13 @@ def main(argv=None) -> int:
     ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
     ap.add_argument("--only", default=None, help="comma list of stage names to run")
     ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")
-    ap.add_argument("--tar", default=None, help="pack benchmarks/results and the logs into this .tgz at the end")
+    ap.add_argument("--results", default=None,
+                    help="folder for results JSON/Markdown/PNG (default benchmarks/results; with --smoke WORK/results)")
+    ap.add_argument("--grace", type=float, default=30.0,
+                    help="seconds before --time-limit at which running stages get SIGINT (they checkpoint and stop)")
+    ap.add_argument("--tar", default=None, help="pack the results folder and the logs into this .tgz at the end")
     args = ap.parse_args(argv)
+    args.results = args.results or str(Path(args.work) / "results" if args.smoke else RESULTS)
 
     t0 = time.monotonic()
     deadline = t0 + args.time_limit
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
     def launch(s):
         left = deadline - time.monotonic()
         # each script stops on its own a little before the call's end (vocab.py only between runs: more slack)
-        limit = max(30.0, left - (120 if "vocab" in s["name"] else 40))
+        limit = max(30.0, left - (120 if "vocab" in s["name"] else 60))
         argv_ = [*s["argv"], "--time-limit", f"{limit:.0f}"]
         log = open(logs / f"{s['name']}.log", "a")
         log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv_)}\n")
@@ -122,9 +128,28 @@ def main(argv=None) -> int:
                                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
         print(f"[{time.monotonic() - t0:6.0f}s] started {s['name']} (limit {limit:.0f} s)", flush=True)
 
+    res = Path(args.results)
+    speed_file = res / "lstm_path_speed.json"
+    if not args.smoke and args.device == "cuda" and not speed_file.exists() and not args.only:
+        # first, on a quiet GPU: nn.LSTM vs our fused path vs the pluggable loop (about a minute)
+        with open(logs / "lstm_speed.log", "a") as log:
+            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", args.data, "--runs",
+                            "--speed", "--results", str(speed_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                           timeout=max(10.0, deadline - time.monotonic() - 60))
+
+    stopping = False
     while waiting or running:
+        if running and not stopping and time.monotonic() > deadline - args.grace:
+            stopping = True  # a stage that overran its own limit: Ctrl-C (checkpoints), then kill
+            for name, p in running.items():
+                print(f"[{time.monotonic() - t0:6.0f}s] {name}: call ends soon, sending SIGINT", flush=True)
+                p.send_signal(signal.SIGINT)
+        if stopping and time.monotonic() > deadline - 8:
+            for name, p in running.items():
+                if p.poll() is None:
+                    p.kill()
         for s in list(waiting):
-            if time.monotonic() > deadline - 90:
+            if stopping or time.monotonic() > deadline - 90:
                 break
             if ready(s):
                 waiting.remove(s)
@@ -135,7 +160,9 @@ def main(argv=None) -> int:
                 continue
             del running[name]
             # 0: all done; recurrent.py: 1 = done but some run failed (recorded in its JSON), 3 = paused at its limit
-            done = baselines_complete(todo) if name == "baselines" else rc == 0 or (rc == 1 and "recurrent" in name)
+            produced = next(s for s in todo if s["name"] == "baselines")["produces"] if name == "baselines" else []
+            done = (all((Path(d) / "manifest.json").is_file() for d in produced) if name == "baselines"
+                    else rc == 0 or (rc == 1 and "recurrent" in name))
             print(f"[{time.monotonic() - t0:6.0f}s] {name}: {'finished' if done else 'stopped'} (exit {rc})", flush=True)
             if done:
                 finished.add(name)
@@ -146,24 +173,16 @@ def main(argv=None) -> int:
         time.sleep(2)
 
     state.write_text(json.dumps(sorted(finished)))
-    if "baselines" in finished and not (RESULTS / "lstm_path_speed.json").exists() and not args.smoke \
-            and deadline - time.monotonic() > 100 and args.device == "cuda":
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", args.data, "--runs",
-                        "--speed", "--results", str(RESULTS / "lstm_path_speed.json")], cwd=ROOT)
     left = [n for n in order if n not in finished]
     print("all done" if not left else f"not finished: {', '.join(left)}; run the same command again", flush=True)
     if args.tar:
         with tarfile.open(args.tar, "w:gz") as tar:
-            tar.add(RESULTS if not args.smoke else Path(args.work) / "results", arcname="results")
+            if res.exists():
+                tar.add(res, arcname="results")
             tar.add(logs, arcname="logs")
-    for f in sorted((RESULTS if not args.smoke else Path(args.work) / "results").glob("*.md")):
+    for f in sorted(res.glob("*.md")):
         print(f"\n--- {f.name}\n" + f.read_text()[-2500:])
     return 0 if not left else 3
-
-
-def baselines_complete(todo) -> bool:
-    needs = {n for s in todo for n in s["needs"]}
-    return all((Path(n) / "manifest.json").is_file() for n in needs)
 
 
 if __name__ == "__main__":

