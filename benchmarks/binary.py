@@ -18,7 +18,6 @@ Reproduce (CPU, about 30 min on 2 busy cores):
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -212,9 +211,8 @@ def stage_downstream(args, wv, sets, work, results) -> None:
                     model.encoder = layer
                     bits = q.bits
                 t = time.perf_counter()
-                hist = train_classifier(model, splits["train"], splits["dev"], epochs=args.epochs, lr=args.lr, seed=seed,
-                                        schedule="cosine", adam_eps=1e-8,
-                                        log=lambda *a, **k: None)
+                train_classifier(model, splits["train"], splits["dev"], epochs=args.epochs, lr=args.lr, seed=seed,
+                                 schedule="cosine", adam_eps=1e-8, log=lambda *a, **k: None)
                 acc = evaluate_accuracy(model, splits["test"])
                 acc = acc["accuracy"] if isinstance(acc, dict) else float(acc)
                 out.append({"dataset": ds, "classifier": args.classifier, "embedding": name, "bits_per_word": bits,
@@ -283,9 +281,9 @@ def notes(sim: dict) -> list[str]:
          f"over {len(ii['seeds'])} seeds, against {fl['mean_spearman']:.3f} for the float vectors and at most "
          f"{base:.3f} for the baselines (sign {sc['mean_spearman']:.3f}, PCA-sign {ps['mean_spearman']:.3f}, "
          f"ITQ {it['mean_spearman']:.3f}).",
-         f"- Plain ITQ is below plain sign: its PCA step projects onto the dominant directions, the opposite of "
-         f"what isotropy asks for (the paper's argument). Removing the mean and the top D directions first "
-         f"is what lifts IIQ.",
+         "- Plain ITQ is below plain sign: its PCA step projects onto the dominant directions, the opposite of "
+         "what isotropy asks for (the paper's argument). Removing the mean and the top D directions first "
+         "is what lifts IIQ.",
          f"- D: the default picked D = {', '.join(map(str, auto))} by isotropy alone. In the seed-0 sweep the best "
          f"Spearman is at D = {best['remove_top']} ({best['mean_spearman']:.3f}); neighbouring D differ by about as much "
          f"as seeds do. The isotropy rule was settled after an exploratory look at such a sweep on these same sets, "

@@ -89,26 +89,37 @@ def compressed_layers(model: nn.Module) -> dict[str, dict]:
 
 def save_model_dir(model: nn.Module, out_dir: str | Path, vocab=None, extra: dict | None = None) -> dict:
     """Write ``out_dir`` atomically (a temp dir beside it, then rename). Returns the manifest."""
+    check(hasattr(model, "arch"), f"model {type(model).__name__} has no arch(); register it with lmshrink.models")
+    fields = {"architecture": model.arch(), "compressed_layers": compressed_layers(model)}
+    if vocab is not None:
+        fields["vocab"] = vocab.to_json()
+        fields["vocab_sha256"] = vocab.fingerprint()
+    return write_dir_atomic(out_dir, state_for_saving(model), fields, extra)
+
+
+def write_dir_atomic(out_dir: str | Path, tensors: dict[str, torch.Tensor], fields: dict,
+                     extra: dict | None = None) -> dict:
+    """Write ``model.safetensors`` + ``manifest.json`` into a temp dir beside ``out_dir``, then rename it into place.
+
+    The manifest holds ``fields``, the tensors' shapes and dtypes, the weights' sha256 and the versions, then
+    ``extra``. A failure at any point leaves the previous ``out_dir`` (if any) as it was and no temp dir behind.
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    check(hasattr(model, "arch"), f"model {type(model).__name__} has no arch(); register it with lmshrink.models")
+    check(not out_dir.exists() or out_dir.is_dir(), f"{out_dir} exists and is not a directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
-        tensors = state_for_saving(model)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         manifest = {
             "format": FORMAT,
-            "architecture": model.arch(),
-            "compressed_layers": compressed_layers(model),
+            **fields,
             "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in tensors.items()},
             "weights": {"file": WEIGHTS, "sha256": _sha256(tmp / WEIGHTS), "bytes": (tmp / WEIGHTS).stat().st_size},
             "versions": versions(),
         }
-        if vocab is not None:
-            manifest["vocab"] = vocab.to_json()
-            manifest["vocab_sha256"] = vocab.fingerprint()
         manifest.update(extra or {})
         write_json_atomic(tmp / MANIFEST, manifest)
         if out_dir.exists():

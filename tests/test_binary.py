@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmshrink.binary import (BinaryCodes, binarize, hamming_distances, hamming_topk, iiq, isotropy, itq, itq_rotation,
+from lmshrink.binary import (binarize, hamming_distances, hamming_topk, iiq, isotropy, itq, itq_rotation,
                              popcount64,
                              load_vector_dir, pack_bits, pca_sign, save_binary_vectors, sign_binarize, unpack_bits,
                              unpack_signs)

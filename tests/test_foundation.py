@@ -58,15 +58,6 @@ TRAIN_WORDS = ["the", EOS, "cat", "sat", "dog", "ran"]
 TRAIN_COUNTS = [3, 3, 2, 2, 1, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: OpenMP threads only add contention (and make timings noisy on a shared box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sha(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 

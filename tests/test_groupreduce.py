@@ -11,14 +11,6 @@ from lmshrink.errors import LmshrinkError
 from lmshrink.methods.groupreduce import groupreduce_fit, layer_bits, rank_scores, split_blocks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def zipf(V: int) -> torch.Tensor:
     return torch.round(5000.0 / torch.arange(1, V + 1)) + 1
 

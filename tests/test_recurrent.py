@@ -40,15 +40,6 @@ ROWS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: extra OpenMP threads only add contention on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_lm(seed=0, hidden=24, vocab=40) -> LSTMLanguageModel:
     torch.manual_seed(seed)
     return LSTMLanguageModel(vocab, hidden=hidden, layers=2)

@@ -9,21 +9,12 @@ import pytest
 import torch
 
 import lmshrink
-from lmshrink.data.textcls import build_vocab, embedding_matrix, encode, load_textcls, read_textcls_file
+from lmshrink.data.textcls import build_vocab, embedding_matrix, load_textcls, read_textcls_file
 from lmshrink.data.vectors import WordVectors
 from lmshrink.errors import LmshrinkError
 from lmshrink.layers import LowRankEmbedding
 from lmshrink.models.classifier import CNNClassifier, DANClassifier, LSTMClassifier
 from lmshrink.train.classify import compress_embedding, evaluate_accuracy, paper_rank, train_classifier
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscribing a busy machine (much faster than two here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- loader

@@ -16,9 +16,6 @@ A float set stores ``vectors`` (n, d) float32.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import LmshrinkError, check
-from ..io import FORMAT, MANIFEST, WEIGHTS, _sha256, read_manifest, versions, write_json_atomic
+from ..io import MANIFEST, WEIGHTS, _sha256, read_manifest, write_dir_atomic
 from .codes import pack_bits, unpack_bits
 from .quantizers import BinaryCodes
 
@@ -56,35 +53,8 @@ class BinaryVectorSet:
 
 
 def _write_dir(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifest: dict) -> dict:
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
-        manifest = {"format": FORMAT, **manifest,
-                    "compressed_layers": {},
-                    "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                                for k, v in tensors.items()},
-                    "weights": {"file": WEIGHTS, "sha256": _sha256(tmp / WEIGHTS),
-                                "bytes": (tmp / WEIGHTS).stat().st_size},
-                    "versions": versions()}
-        write_json_atomic(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            check(out_dir.is_dir(), f"{out_dir} exists and is not a directory")
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    # vector directories are model directories without a model: no compressed layers to list
+    return write_dir_atomic(out_dir, tensors, {**manifest, "compressed_layers": {}})
 
 
 def save_binary_vectors(out_dir: str | Path, codes: BinaryCodes, words: list[str], word_scale: bool = False,

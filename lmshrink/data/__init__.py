@@ -14,5 +14,10 @@ __all__ = [
     "download_corpus",
     "load_corpus",
     "sha256_file",
+    # text classification
+    "TextClsDataset",
+    "build_vocab",
+    "load_textcls",
+    "read_textcls_file",
 ]
-from .textcls import TextClsDataset, build_vocab, load_textcls, read_textcls_file  # noqa: E402  (text classification)
+from .textcls import TextClsDataset, build_vocab, load_textcls, read_textcls_file  # noqa: E402

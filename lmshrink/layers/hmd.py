@@ -53,7 +53,6 @@ class HMDLinear(CompressedLayer):
             return F.linear(x, self.dense_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        g, k = self.gates, self.dense_rows
         D, U, V = self.D.to(x.dtype), self.U.to(x.dtype), self.V.to(x.dtype)
         top = torch.matmul(D, x2.T)  # (g, k, N): dense rows of every gate
         low = torch.matmul(U, torch.matmul(V, x2.T))  # (g, h - k, N): through the rank-r bottleneck
