@@ -81,6 +81,8 @@ def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", devi
     if speed:
         sp = speed_of(model, len(c.vocab), dev)
         out.update(tokens_per_s=sp["tokens_per_s"], speed=sp)
+    if manifest.get("dense_metrics"):  # a compressed model: its dense source as measured at compression time
+        out["dense"] = manifest["dense_metrics"]
     return out
 
 
@@ -90,7 +92,9 @@ def model_info(model_dir) -> dict:
     return {"model_dir": str(model_dir), "architecture": manifest["architecture"], "layers": rows,
             "total": totals(model), "bytes_on_disk": bytes_on_disk(model_dir),
             "metrics": {k: v for k, v in manifest.get("metrics", {}).items() if isinstance(v, (int, float))},
-            "compressed_layers": manifest.get("compressed_layers", {})}
+            "compressed_layers": manifest.get("compressed_layers", {}),
+            # the dense source as measured by `lmshrink compress` on the same machine (absent for dense models)
+            "dense": manifest.get("dense_metrics")}
 
 
 def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, options=None, finetune_epochs=0,

@@ -777,3 +777,46 @@ def test_cli_train_eval_info_round_trip(tmp_path, monkeypatch, capsys):
         assert r["bits"] == 32 * r["params"] and r["bytes"] == r["bits"] / 8
     assert sum(r["params"] for r in rows) == params
     assert info["bytes_on_disk"]["total"] == metrics["bytes_on_disk"]
+
+
+def test_cli_compress_then_eval_and_info_show_the_dense_source(tmp_path, monkeypatch, capsys):
+    root = write_corpus(tmp_path / "data", train=pattern_text(40), valid=pattern_text(10), test=pattern_text(10))
+    monkeypatch.setitem(CORPORA, "ptb", spec_for(root / "ptb"))
+    m, c, p = tmp_path / "m", tmp_path / "c", tmp_path / "p"
+    assert run_cli(capsys, "train", "--corpus", "ptb", "--data", root, "--preset", "tiny", "--max-steps", 5,
+                   "--out", m, "--device", "cpu", "--no-progress", "--json")[0] == 0
+    dense = json.loads(run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--json")[1])
+
+    rc, out, err = run_cli(capsys, "compress", m, "--method", "svd", "--ratio", 2, "--out", c, "--data", root,
+                           "--device", "cpu", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert {r["module"] for r in res["report"]} == {"encoder", "decoder"}
+    side = res["side_by_side"]
+    assert side["dense"]["test_ppl"] == pytest.approx(dense["test_ppl"], rel=1e-6)
+    assert side["compressed"]["bits"] < side["dense"]["bits"] and side["compressed"]["bytes_on_disk"] == bytes_on_disk(c)["total"]
+
+    ev = json.loads(run_cli(capsys, "eval", c, "--data", root, "--device", "cpu", "--json")[1])
+    assert ev["dense"]["test_ppl"] == pytest.approx(dense["test_ppl"], rel=1e-6)
+    assert ev["test_ppl"] == pytest.approx(side["compressed"]["test_ppl"], rel=1e-6)
+    info = json.loads(run_cli(capsys, "info", c, "--json")[1])
+    assert info["dense"]["bits"] == side["dense"]["bits"]
+    assert {r["name"]: r["kind"] for r in info["layers"]}["decoder"] == "low_rank_linear"
+    rc, out, _ = run_cli(capsys, "info", c)
+    assert rc == 0 and "this/dense" in out
+
+    # a TOML plan; then plans that must be refused without leaving an output behind
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[layers."rnn.layers.*.hh"]\nmethod = "svd"\nratio = 2\n')
+    rc, out, err = run_cli(capsys, "compress", m, "--plan", plan, "--out", p, "--data", root, "--device", "cpu", "--json")
+    assert rc == 0, err
+    assert sorted(r["module"] for r in json.loads(out)["report"]) == ["rnn.layers.0.hh", "rnn.layers.1.hh"]
+    for bad, message in (('[layers."nothing.here"]\nmethod = "svd"\nratio = 2\n', "matches no"),
+                         ('[layers."encoder"]\nmethod = "nope"\n', "unknown method"),
+                         ('[layers."encoder"]\nmethod = "svd"\nratio = 0.5\n', "ratio")):
+        plan.write_text(bad)
+        rc, out, err = run_cli(capsys, "compress", m, "--plan", plan, "--out", tmp_path / "bad", "--data", root,
+                               "--device", "cpu")
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("lmshrink compress: error:"), err
+        assert message in err, err
+        assert not (tmp_path / "bad").exists() and leftovers(tmp_path) == []

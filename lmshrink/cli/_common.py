@@ -41,3 +41,16 @@ def print_table(title: str, columns: list[str], rows: list[list], footer: str | 
     console.print(table)
     if footer:
         console.print(footer)
+
+
+def dense_comparison_rows(this: dict, dense: dict) -> list[list[str]]:
+    """Rows of ``[what, dense, this model, this/dense]`` for the keys both dicts measured."""
+    rows = []
+    for key, label in (("test_ppl", "test perplexity"), ("params", "parameters"), ("bits", "theoretical bits"),
+                       ("bytes_on_disk", "bytes on disk"), ("tokens_per_s", "tokens/s")):
+        d, c = dense.get(key), this.get(key)
+        if d is None or c is None:
+            continue
+        fmt = (lambda v: f"{v:,.2f}") if isinstance(d, float) else (lambda v: f"{v:,}")
+        rows.append([label, fmt(d), fmt(c), f"{c / d:.3f}" if d else "-"])
+    return rows

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ._common import add_data_arg, print_table
+from ._common import add_data_arg, dense_comparison_rows, print_table
 
 HELP = "the built-in default job: train a small PTB model on this machine, compress it, compare"
 DESCRIPTION = ("Train the `small` LSTM LM of Zaremba et al. on Penn Treebank for a short CPU budget, compress its "
@@ -37,14 +37,7 @@ def run(args) -> int:
                    device=args.device, resume=True)
     res = compress_model_dir(dense_dir, comp_dir, method=method, ratio=args.ratio,
                              finetune_epochs=args.finetune_epochs, data_dir=args.data, device=args.device, overwrite=True)
-    d, c = res["side_by_side"]["dense"], res["side_by_side"]["compressed"]
-    rows = []
-    for key, label in [("test_ppl", "test perplexity"), ("params", "parameters"), ("bits", "theoretical bits"),
-                       ("bytes_on_disk", "bytes on disk"), ("tokens_per_s", "tokens/s")]:
-        dv, cv = d.get(key), c.get(key)
-        ratio = f"{cv / dv:.3f}" if dv and cv else "-"
-        fmt = (lambda v: f"{v:,.2f}") if key in ("test_ppl", "tokens_per_s") else (lambda v: f"{v:,}")
-        rows.append([label, fmt(dv), fmt(cv), ratio])
+    rows = dense_comparison_rows(res["side_by_side"]["compressed"], res["side_by_side"]["dense"])
     print_table(f"PTB {args.preset}: dense vs {method} x{args.ratio:g} on embedding+softmax",
                 ["", "dense", "compressed", "compressed/dense"], rows,
                 footer=f"model directories: {dense_dir}  {comp_dir}")

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ._common import add_data_arg, add_json_arg, emit_json
+from ._common import add_data_arg, add_json_arg, dense_comparison_rows, emit_json, print_table
 
 HELP = "perplexity of a model directory on a corpus split"
 
@@ -29,4 +29,7 @@ def run(args) -> int:
         if "tokens_per_s" in res:
             parts.append(f"{res['tokens_per_s']:,.0f} tok/s ({res['speed']['device']}, batch {res['speed']['batch_size']})")
         print(f"{args.model_dir}: " + ", ".join(parts))
+        if res.get("dense"):
+            print_table("beside its dense source (measured by `lmshrink compress` on the same machine)",
+                        ["", "dense", "this model", "this/dense"], dense_comparison_rows(res, res["dense"]))
     return 0

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ._common import add_json_arg, emit_json, human_bytes, print_table
+from ._common import add_json_arg, dense_comparison_rows, emit_json, human_bytes, print_table
 
 HELP = "per-layer table of a model directory: kind, params, bits, bytes"
 
@@ -26,4 +26,8 @@ def run(args) -> int:
     if m:
         footer += "  |  " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
     print_table(f"{args.model_dir} ({info['architecture']['kind']})", ["layer", "kind", "params", "bits", "bytes"], rows, footer)
+    if info.get("dense"):
+        this = {**m, "params": t["params"], "bits": t["bits"], "bytes_on_disk": info["bytes_on_disk"]["total"]}
+        print_table("beside its dense source (measured by `lmshrink compress` on the same machine)",
+                    ["", "dense", "this model", "this/dense"], dense_comparison_rows(this, info["dense"]))
     return 0
