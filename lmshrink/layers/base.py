@@ -60,6 +60,12 @@ class CompressedLayer(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.spec().items())
 
+    def step_fn(self):
+        """A callable that applies this linear layer many times while its weights stay the same (the T steps of
+        one LSTM sequence). Layers whose forward pays a per-call set-up (unpacking k-bit codes) pay it once here
+        and return a cheap closure; the default is the layer itself."""
+        return self
+
     # The embedding flavour's projection onto the vocabulary: (..., D) -> (..., V). Methods whose
     # structure allows it override this with a fast path; the default is correct but builds W.
     def project(self, h: torch.Tensor) -> torch.Tensor:

@@ -134,6 +134,12 @@ class QuantizedLinear(CompressedLayer):
         out = self.weight_q.matmul_t(x)
         return out + self.bias.to(out.dtype) if self.bias is not None else out
 
+    def step_fn(self):
+        # Unpacking the codes costs several passes over W; an LSTM calls hh T times per sequence with a
+        # (B, H) input, so unpack once per sequence (a transient float W, freed with the closure).
+        W, b = self.weight_q.dequantize(), self.bias
+        return lambda x: F.linear(x, W.to(x.dtype), None if b is None else b.to(x.dtype))
+
 
 @register_layer
 class QuantizedEmbedding(CompressedLayer):
@@ -196,6 +202,10 @@ class QuantizedLowRankLinear(CompressedLayer):
         dt = _float_dtype(x)
         b = None if self.bias is None else self.bias.to(dt)
         return F.linear(F.linear(x, self.B.dequantize(dt)), self.a(dt), b)
+
+    def step_fn(self):
+        A, B, b = self.a(), self.B.dequantize(), self.bias  # unpacked once per sequence (see QuantizedLinear)
+        return lambda x: F.linear(F.linear(x, B.to(x.dtype)), A.to(x.dtype), None if b is None else b.to(x.dtype))
 
 
 @register_layer

@@ -92,9 +92,10 @@ class GateAwareLSTMLayer(nn.Module):
             return out, (hn.squeeze(0), cn.squeeze(0))
         T, B, _ = x.shape
         x_proj = self.ih(x.reshape(T * B, -1)).view(T, B, -1)  # (T, B, 4H): all inputs in one call
+        hh = self.hh.step_fn() if hasattr(self.hh, "step_fn") else self.hh  # per-sequence set-up paid once
         outs = []
         for t in range(T):
-            gates = x_proj[t] + self.hh(h)  # (B, 4H)
+            gates = x_proj[t] + hh(h)  # (B, 4H)
             i, f, g, o = gates.chunk(NUM_GATES, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)

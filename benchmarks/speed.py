@@ -1,13 +1,16 @@
-"""Inference speed of compressed vocabulary layers inside a whole LSTM LM: tokens/s compressed vs dense.
+"""Inference speed of compressed layers inside a whole LSTM LM: tokens/s compressed vs dense, side by side.
 
-A PTB-large-shaped model (V = 10000, H = 1500, 2 layers, untied) with random weights -- speed does not
-depend on training -- gets its embedding and softmax compressed by each method at ``--rate``; every
-model is timed with :func:`lmshrink.measure.lm_tokens_per_second` on CPU at batch 1 and, when CUDA is
-there, on GPU at batch 64 (35-token windows, hidden state carried, median of repeats). Word counts are
-a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
+``--target vocab``: a PTB-large-shaped model (V = 10000, H = 1500, 2 layers, untied) gets its embedding and
+softmax compressed by each method at ``--rate``. ``--target lstm``: a PTB-medium-shaped model (H = 650) gets
+its LSTM maps (``rnn.layers.*.ih`` / ``.hh``) compressed at ``--rate`` in their inference form (doped KP
+packed at its final density, pruning one-shot). Weights are random -- speed does not depend on training.
+Every model is timed with :func:`lmshrink.measure.lm_tokens_per_second` on CPU at batch 1 and, when CUDA is
+there, on GPU at batch 64 (35-token windows, hidden state carried, median of repeats, interleaved rounds).
+Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
 
-    python benchmarks/vocab_speed.py                      # CPU (and GPU if present), all methods, 10x
-    python benchmarks/vocab_speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
+    python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
+    python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 \
+        --out benchmarks/results/recurrent_speed_cpu.json
 """
 
 from __future__ import annotations
@@ -30,7 +33,20 @@ from lmshrink.measure import lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
 
-def method_configs(rate: float, gq_rate: float) -> dict[str, dict]:
+LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
+
+
+def method_configs(rate: float, gq_rate: float, target: str = "vocab") -> dict[str, dict]:
+    if target == "lstm":  # the inference forms of Thakker et al.'s and Grachev et al.'s methods
+        return {
+            "doped_kp": {"method": "doped_kronecker", "ratio": rate, "anneal": False},
+            "kp": {"method": "kronecker", "ratio": rate},
+            "prune": {"method": "prune", "ratio": rate},
+            "hmd": {"method": "hmd", "ratio": rate},
+            "lmf": {"method": "svd", "ratio": rate},
+            "tt": {"method": "tt", "ratio": rate},
+            "quantize-4bit": {"method": "quantize", "bits": 4},
+        }
     return {
         "svd": {"method": "svd", "ratio": rate},
         "groupreduce": {"method": "groupreduce", "ratio": rate, "num_blocks": 5, "refine_iters": 2},
@@ -46,7 +62,8 @@ def write_table(out_json: str) -> str:
     """Markdown table next to the JSON (``.md``), from the JSON alone; returns it."""
     res = json.loads(Path(out_json).read_text())
     devices, rows, m, st = res["devices"], res["rows"], res["model"], res["setting"]
-    head = ["method", "ratio (emb+softmax)", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
+    what = "LSTM maps" if res.get("target") == "lstm" else "emb+softmax"
+    head = ["method", f"ratio ({what})", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
@@ -56,7 +73,8 @@ def write_table(out_json: str) -> str:
     note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
             f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; "
-            f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall).")
+            + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept)." if what == "LSTM maps" else
+               f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall)."))
     table = "\n".join(lines) + "\n\n" + note + "\n"
     Path(out_json).with_suffix(".md").write_text(table)
     return table
@@ -64,27 +82,30 @@ def write_table(out_json: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", choices=("vocab", "lstm"), default="vocab", help="which layers to compress")
     ap.add_argument("--vocab", type=int, default=10000)
     ap.add_argument("--hidden", type=int, default=1500)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--rate", type=float, default=10.0, help="compression ratio of embedding and softmax (each)")
     ap.add_argument("--gq-rate", type=float, default=26.0, help="overall ratio of GroupReduce + 8-bit")
-    ap.add_argument("--methods", default="all", help="comma list from: " + ", ".join(method_configs(10, 26)))
+    ap.add_argument("--methods", default="all", help="comma list from: " + ", ".join(method_configs(10, 26)) + " (vocab); "
+                    + ", ".join(method_configs(10, 26, "lstm")) + " (lstm)")
     ap.add_argument("--devices", default="auto", help="cpu, cuda, or auto (cpu + cuda if available)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
     ap.add_argument("--repeats", type=int, default=10, help="timed forward passes per measurement (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds over all models")
-    ap.add_argument("--out", default="benchmarks/results/vocab_speed.json")
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
     args = ap.parse_args(argv)
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
-    cfgs = method_configs(args.rate, args.gq_rate)
+    args.out = args.out or f"benchmarks/results/{'recurrent' if args.target == 'lstm' else 'vocab'}_speed.json"
+    cfgs = method_configs(args.rate, args.gq_rate, args.target)
     names = list(cfgs) if args.methods == "all" else args.methods.split(",")
     unknown = [n for n in names if n not in cfgs]
     if unknown:
-        print(f"vocab_speed: unknown method(s) {', '.join(unknown)}; choose from {', '.join(cfgs)}", file=sys.stderr)
+        print(f"speed.py: unknown method(s) {', '.join(unknown)}; choose from {', '.join(cfgs)}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     V = args.vocab
@@ -105,7 +126,8 @@ def main(argv=None) -> int:
         model = copy.deepcopy(dense)
         cfg = make_config(**cfgs[name])
         t0 = time.perf_counter()
-        report = compress(model, Plan({"encoder": cfg, "decoder": cfg}), {"word_counts": counts})
+        targets = LSTM_MAPS if args.target == "lstm" else ("encoder", "decoder")
+        report = compress(model, Plan({t: cfg for t in targets}), {"word_counts": counts})
         cs = time.perf_counter() - t0
         ratio = sum(r["dense_bits"] for r in report) / sum(r["bits"] for r in report)
         models[name] = model.eval()
@@ -125,7 +147,7 @@ def main(argv=None) -> int:
             rows[n][f"{d}_rounds"] = per_round[n]
     rows = list(rows.values())
     base = {d: rows[0][f"{d}_tokens_per_s"] for d in devices}
-    out = {"model": {"vocab": V, "hidden": args.hidden, "layers": args.layers, "tied": False, "weights": "random"},
+    out = {"target": args.target, "model": {"vocab": V, "hidden": args.hidden, "layers": args.layers, "tied": False, "weights": "random"},
            "setting": setting, "threads": torch.get_num_threads(), "devices": devices,
            "gpu": torch.cuda.get_device_name(0) if "cuda" in devices else None, "versions": versions(),
            "dense": base, "rows": rows}
