@@ -57,3 +57,24 @@ def test_fused_cudnn_path_equals_pluggable_loop():
             layer.force_loop = True
         loop, _ = model(x)
     torch.testing.assert_close(fused, loop, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("c", [50, 130])
+def test_hamming_topk_on_gpu_equals_brute_force(c):
+    import numpy as np
+
+    from lmshrink.binary import hamming_topk, pack_bits
+
+    g = np.random.default_rng(c)
+    db = g.random((500, c)) < 0.5
+    q = np.concatenate([db[:4], g.random((12, c)) < 0.5])
+    ref = (q[:, None, :] != db[None, :, :]).sum(-1)  # (16, 500)
+    P, Q = torch.from_numpy(pack_bits(db)).cuda(), torch.from_numpy(pack_bits(q)).cuda()
+    dist, idx = hamming_topk(Q, P, k=10, budget_bytes=500 * 24 * 3)  # several chunks
+    for i in range(len(q)):
+        order = np.lexsort((np.arange(500), ref[i]))[:10]  # by distance, then index
+        got = idx[i].cpu().numpy()
+        assert dist[i].cpu().tolist() == ref[i][order].tolist()
+        assert (ref[i][got] == dist[i].cpu().numpy()).all() and len(set(got.tolist())) == 10
+        # every row strictly closer than the 10th distance must be there (ties at the boundary may differ)
+        assert set(np.flatnonzero(ref[i] < ref[i][order[-1]]).tolist()) <= set(got.tolist())

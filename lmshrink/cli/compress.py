@@ -15,7 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="OUT_DIR")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", metavar="PLAN_TOML", help="TOML plan file")
-    g.add_argument("--method", help="method name for the vocabulary layers (see --list-methods)")
+    g.add_argument("--method", help="method for the vocabulary layers, e.g. groupreduce, svd, prune, quantize (an unknown "
+                   "name lists every registered one)")
     p.add_argument("--ratio", type=float, default=None, help="with --method: make each layer R times smaller")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="with --method: extra method option (repeatable), e.g. --option num_blocks=5")
