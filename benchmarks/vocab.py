@@ -187,11 +187,12 @@ def targets(results: dict) -> list[str]:
         return max(ok) if ok else None
 
     out = []
+    when = "after retraining" if results["setup"].get("finetune_epochs") else "WITHOUT retraining (this run retrains nothing)"
     for method, tol, goal in (("groupreduce", 0.01, 6.6), ("groupreduce_q", 0.03, 26.0)):
         b = best(method, tol)
         verdict = "no run" if not any(r["method"] == method for r in done) else (
             f"{b:.1f}x" + (" (met)" if b >= goal else " (NOT met)") if b else "none within tolerance (NOT met)")
-        out.append(f"- {method}: largest ratio within +{100 * tol:.0f}% test ppl after retraining: {verdict}; target >= {goal}x")
+        out.append(f"- {method}: largest ratio within +{100 * tol:.0f}% test ppl {when}: {verdict}; target >= {goal}x")
     for rate in sorted({r["rate"] for r in done if r["method"] == "groupreduce"}):
         g = next(r for r in done if r["method"] == "groupreduce" and r["rate"] == rate)
         rivals = [r for r in done if r["method"] in ("svd", "prune", "prune_agp") and r["rate"] == rate]
