@@ -50,10 +50,12 @@ def stages(args) -> list[dict]:
     res = Path(args.results)
     common = ["--data", args.data, "--device", args.device, "--precision", args.precision]
     if args.smoke:
-        vocab_opts = ["--finetune-epochs", "1", "--rates", "5", "--gq-rates", "26", "--methods", "svd,groupreduce,groupreduce_q"]
+        vocab_opts = ["--finetune-epochs", "1", "--rates", "5", "--gq-rates", "26", "--methods", "svd,groupreduce,groupreduce_q",
+                      "--jobs", "2"]
         rec_opts = ["--epochs", "1", "--max-steps", "6", "--methods", "doped_kp,kp", "--jobs", "2", "--no-cpu-latency"]
     else:
-        vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune"]
+        vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune",
+                      "--jobs", str(args.vocab_jobs)]
         rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
     out = [{"name": "baselines", "needs": [], "after": [], "produces": list(model_dir.values()),
             "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(ROOT / "runs"))
     ap.add_argument("--vocab-epochs", type=int, default=2, help="retraining epochs of each vocab.py run")
     ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
+    ap.add_argument("--vocab-jobs", type=int, default=3, help="vocab.py runs at a time on one baseline")
     ap.add_argument("--only", default=None, help="comma list of stage names to run")
     ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")
     ap.add_argument("--results", default=None,

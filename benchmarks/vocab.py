@@ -177,6 +177,58 @@ def run_one(method, rate, dense, corpus, recipe, args, device, work: Path, log) 
             "layers": {n: getattr(model.get_submodule(n), "spec", lambda: "dense")() for n in names}}
 
 
+def run_guarded(m, r, dense, corpus, recipe, args, device, work, log) -> dict:
+    """run_one, with a refused setting (a rate the method cannot meet) recorded instead of raised."""
+    t0 = time.monotonic()
+    try:
+        row = run_one(m, r, dense, corpus, recipe, args, device, work, log)
+    except LmshrinkError as e:
+        row = {"method": m, "rate": r, "status": "refused", "error": str(e)}
+    row["wall_s"] = time.monotonic() - t0
+    return row
+
+
+def _worker(m: str, r: float, ns: dict) -> dict:
+    """One run in a worker process: it loads the baseline and corpus itself (only names cross processes)."""
+    args = argparse.Namespace(**ns)
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    device = resolve_device(args.device)
+    quiet = lambda *a, **k: None  # noqa: E731 - the parent logs each finished run
+    dense, corpus, recipe, _ = load_or_train_baseline(args, device, Path(args.work), quiet)
+    return run_guarded(m, r, dense.to(device).eval(), corpus, recipe, args, device, Path(args.work), quiet)
+
+
+def run_parallel(todo, args, record, out_of_time, log) -> bool:
+    """``--jobs`` runs at a time in worker processes (one GPU holds several batch-20 LSTMs); returns whether the
+    time limit left runs undone. Tokens/s are then measured while other runs share the device."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    ns = dict(vars(args))
+    pending, paused = list(todo), False
+    with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        running = {}
+        try:
+            while pending or running:
+                while pending and len(running) < args.jobs and not out_of_time():
+                    m, r = pending.pop(0)
+                    running[pool.submit(_worker, m, r, ns)] = (m, r)
+                if pending and out_of_time():
+                    log(f"time limit reached with {len(pending)} run(s) not started; rerun the same command to continue")
+                    paused, pending = True, []
+                if not running:
+                    break
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    m, r = running.pop(f)
+                    record(m, r, f.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return paused
+
+
 def targets(results: dict) -> list[str]:
     """The issue's targets, checked on this run's numbers (never hard-coded)."""
     d = results["dense"]["test_ppl"]
@@ -277,6 +329,7 @@ def main(argv=None) -> int:
     ap.add_argument("--time-limit", type=float, default=0, help="seconds; no new run starts after this (0: none)")
     ap.add_argument("--redo", action="store_true", help="rerun finished runs")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     args = ap.parse_args(argv)
     if args.cpu_threads:
@@ -303,7 +356,7 @@ def main(argv=None) -> int:
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                 finetune_epochs=args.finetune_epochs, eval_batch=args.eval_batch, versions=versions(),
+                 finetune_epochs=args.finetune_epochs, eval_batch=args.eval_batch, jobs=args.jobs, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)
     results["setup"] = setup
     results.setdefault("runs", {})
@@ -318,30 +371,17 @@ def main(argv=None) -> int:
     log(f"dense: test ppl {ev['test']:.2f}, valid {ev['valid']:.2f}")
     write_outputs(results, results_path)
 
-    jobs = []
+    todo = []
     for m in methods:
         for r in (args.gq_rates if m == "groupreduce_q" else args.rates).split(","):
-            jobs.append((m, float(r)))
-    paused = False
-    for m, r in jobs:
+            key = f"{m}@{float(r):g}"
+            if not args.redo and results["runs"].get(key, {}).get("status") in ("done", "refused"):
+                log(f"{key}: finished earlier, skipped")
+            else:
+                todo.append((m, float(r)))
+
+    def record(m: str, r: float, row: dict) -> None:
         key = f"{m}@{r:g}"
-        if not args.redo and results["runs"].get(key, {}).get("status") in ("done", "refused"):
-            log(f"{key}: finished earlier, skipped")
-            continue
-        if args.time_limit and time.monotonic() - t_start > args.time_limit:
-            log(f"time limit reached before {key}; rerun the same command to continue")
-            paused = True
-            break
-        t0 = time.monotonic()
-        try:
-            row = run_one(m, r, dense, corpus, recipe, args, device, work, log)
-        except LmshrinkError as e:
-            row = {"method": m, "rate": r, "status": "refused", "error": str(e)}
-        except KeyboardInterrupt:  # the finished runs are already in the JSON; this one is redone next time
-            log(f"interrupted during {key}; rerun the same command to continue")
-            paused = True
-            break
-        row["wall_s"] = time.monotonic() - t0
         results["runs"][key] = row
         write_outputs(results, results_path)
         if row["status"] == "done":
@@ -349,6 +389,24 @@ def main(argv=None) -> int:
                 f"(dense {results['dense']['test_ppl']:.2f}), {row['bytes_on_disk']:,} bytes, compress {row['compress_s']:.1f} s")
         else:
             log(f"{key}: refused: {row['error']}")
+
+    def out_of_time() -> bool:
+        return bool(args.time_limit) and time.monotonic() - t_start > args.time_limit
+
+    paused = False
+    try:
+        if args.jobs > 1:
+            paused = run_parallel(todo, args, record, out_of_time, log)
+        else:
+            for m, r in todo:
+                if out_of_time():
+                    log(f"time limit reached before {m}@{r:g}; rerun the same command to continue")
+                    paused = True
+                    break
+                record(m, r, run_guarded(m, r, dense, corpus, recipe, args, device, work, log))
+    except KeyboardInterrupt:  # finished runs are already in the JSON; the ones in flight are redone next time
+        log("interrupted; rerun the same command to continue")
+        paused = True
     table = write_outputs(results, results_path)
     print()
     print(table)
