@@ -1,20 +1,26 @@
 """Every GPU benchmark in one resumable command, sized for lent-GPU calls of at most 10 minutes.
 
-One H100 is far from full with one batch-20 LSTM, so the stages run side by side as separate
-processes, each resuming from its own checkpoints and results JSON:
+One H100 is far from full with one batch-20 LSTM (a training step is ~7 ms of kernel latency, not
+arithmetic), so the stages run side by side as separate processes, each resuming from its own
+checkpoints and results JSON:
 
+0. First, on a quiet GPU: the LSTM path speed (nn.LSTM vs our fused path vs the pluggable loop).
 1. ``baselines.py``: PTB small, medium, large and WikiText-2 medium (Zaremba recipes), all at once.
 2. As soon as a baseline exists, the benchmarks that stand on it start:
-   - ``vocab.py`` on PTB small, PTB large and WikiText-2 medium (embedding + softmax, issue 3);
+   - ``vocab.py`` on PTB small, PTB large and WikiText-2 medium (embedding + softmax, issue 3), 3 runs at a time;
    - ``recurrent.py`` on PTB medium at 25x, then 10x and 50x, and on PTB small at 25x (LSTM layers, issue 4).
-3. When every training is done and time is left: the LSTM path speed (nn.LSTM vs fused vs pluggable loop)
-   on a quiet GPU.
 
-Every stage stops cleanly before ``--time-limit`` (checkpoints saved); rerun the same command until it
-prints ``all done``. Results land in ``benchmarks/results/``; ``--tar`` packs them (and the logs) into one
-file to carry back from the GPU machine.
+Every stage stops cleanly before ``--time-limit`` (checkpoints saved; a stage that overruns gets SIGINT
+``--grace`` seconds before the end); rerun the same command until it prints ``all done``. Finished stages
+are remembered in ``WORK/gpu_all_state.json``.
 
-    python benchmarks/gpu_all.py --data /path/to/data --time-limit 540 --tar $OUT/results.tgz
+Measured on one H100 (2026-11-22): PTB small alone ~58k training tokens/s (13 epochs: 3.5 min), medium
+~40-50k tokens/s while sharing the GPU with two other trainings (39 epochs: 15 min); large and WikiText-2
+medium need more than one 10-minute call each, so the work directory must survive between calls.
+
+    python benchmarks/gpu_all.py --data /path/to/data --time-limit 540
+    # on a lent machine whose tracked tree is re-copied at every call: keep results under the ignored runs/
+    python benchmarks/gpu_all.py --data .data --time-limit 540 --results runs/results --tar $OUT/results.tgz
     python benchmarks/gpu_all.py --data DIR --smoke --device cpu      # minutes on a CPU: every stage, tiny
 """
 
