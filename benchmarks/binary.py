@@ -38,7 +38,8 @@ from lmshrink.data.wordsim import code_similarity_fn, cosine_similarity_fn, eval
 from lmshrink.io import write_json_atomic  # noqa: E402
 from lmshrink.measure import bytes_on_disk  # noqa: E402
 
-DATA = Path("/work/shared/data")
+# the data folder: $LMSHRINK_DATA, else ../shared/data beside the checkout (where this project keeps it)
+DATA = Path(os.environ.get("LMSHRINK_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 SET_ORDER = ["EN-WS-353-ALL", "EN-WS-353-SIM", "EN-WS-353-REL", "EN-SIMLEX-999", "EN-MEN-TR-3k", "EN-MTurk-287"]
 SHORT = {"EN-WS-353-ALL": "WS-all", "EN-WS-353-SIM": "WS-sim", "EN-WS-353-REL": "WS-rel", "EN-SIMLEX-999": "SimLex",
          "EN-MEN-TR-3k": "MEN", "EN-MTurk-287": "MTurk"}
@@ -170,7 +171,7 @@ def stage_search(args, wv, sets, work, results) -> None:
                      "database_bytes": int(P.numel()), f"overlap_at_{k}_with_float": float(np.mean(overlap))})
         print(f"  search {method}: {args.queries / t_h:,.0f} q/s (float {args.queries / t_float:,.0f} q/s), "
               f"overlap@{k} {np.mean(overlap):.3f}", flush=True)
-    results["search"] = {"device": str(device), "threads": torch.get_num_threads(), "queries": args.queries, "k": k,
+    results["search" if device.type == "cpu" else f"search_{device.type}"] = {"device": str(device), "threads": torch.get_num_threads(), "queries": args.queries, "k": k,
                          "database_words": n, "repeats": args.repeats, "rows": rows,
                          "note": "median wall time of all queries; each query's own word is excluded from both lists"}
 
@@ -187,7 +188,7 @@ def stage_downstream(args, wv, sets, work, results) -> None:
     out = []
     fitted = {m: binarize(wv.vectors, m, None, seed=0, max_iter=args.max_iter, tol=args.tol) for m in args.downstream_methods}
     for ds in args.datasets:
-        data = load_textcls(DATA / "textcls" / ds, seed=0)
+        data = load_textcls(Path(args.data) / "textcls" / ds, seed=0)
         vocab = build_vocab(data.splits["train"])
         splits = {s: encode(data.splits[s], vocab, data.labels, s) for s in ("train", "dev", "test")}
         E, cov = embedding_matrix(vocab, wv, seed=0)  # (V, d) GloVe rows, uniform random for missing words
@@ -343,8 +344,7 @@ def markdown(results: dict, cmd: str) -> str:
             L.append(f"| {s['remove_top']} | {s['isotropy_of_rest']:.4f} | {s['mean_spearman']:.3f} |")
         L.append("")
         L += notes(sim)
-    se = results.get("search")
-    if se:
+    for se in [results[k] for k in ("search", "search_cuda") if k in results]:
         L += [f"## Nearest-neighbour search ({se['device']}, {se['threads']} threads)", "",
               f"{se['queries']} query words against all {se['database_words']:,}; top-{se['k']} (own word excluded); "
               f"median of {se['repeats']} runs. Overlap = share of the float cosine top-{se['k']} that the Hamming "
@@ -364,7 +364,8 @@ def markdown(results: dict, cmd: str) -> str:
                       "only c + 1 values; CUDA: a SWAR popcount in torch and top-k). At d = 50 the float search is one "
                       "small BLAS matrix product, so the speed gap is small either way; timings on this shared 2-core "
                       "machine vary by 2x from run to run. The neighbour lists of 50-bit codes overlap little with the "
-                      "float ones (many codes tie at the same distance). GPU: add `--device cuda --stages search`."]
+                      "float ones (many codes tie at the same distance)."
+                      + ("" if "search_cuda" in results else " GPU: add `--device cuda --stages search`.")]
         L.append("")
     ds = results.get("downstream")
     if ds:
@@ -411,9 +412,11 @@ def markdown(results: dict, cmd: str) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vectors", default=str(DATA / "glove-6b-50d" / "glove.6B.50d.top100k.npy"))
-    ap.add_argument("--vocab", default=str(DATA / "glove-6b-50d" / "glove.6B.50d.top100k.vocab.txt"))
-    ap.add_argument("--sets", nargs="+", default=None, help="similarity files (default: the six in /work/shared/data/wordsim)")
+    ap.add_argument("--data", default=str(DATA), help="data folder with glove-6b-50d/, wordsim/ and textcls/ "
+                                                      "(default $LMSHRINK_DATA or ../shared/data)")
+    ap.add_argument("--vectors", default=None, help="default DATA/glove-6b-50d/glove.6B.50d.top100k.npy")
+    ap.add_argument("--vocab", default=None, help="default DATA/glove-6b-50d/glove.6B.50d.top100k.vocab.txt")
+    ap.add_argument("--sets", nargs="+", default=None, help="similarity files (default: the six in DATA/wordsim)")
     ap.add_argument("--stages", nargs="+", default=["similarity", "search"],
                     choices=["similarity", "search", "downstream", "kumo"])
     ap.add_argument("--seeds", type=int, default=3)
@@ -438,7 +441,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="benchmarks/results/binary.json")
     ap.add_argument("--md", default="benchmarks/results/binary.md")
     args = ap.parse_args(argv)
-    sets = args.sets or [str(DATA / "wordsim" / f"{s}.txt") for s in SET_ORDER]
+    data = Path(args.data)
+    args.vectors = args.vectors or str(data / "glove-6b-50d" / "glove.6B.50d.top100k.npy")
+    args.vocab = args.vocab or str(data / "glove-6b-50d" / "glove.6B.50d.top100k.vocab.txt")
+    sets = args.sets or [str(data / "wordsim" / f"{s}.txt") for s in SET_ORDER]
     sets = sorted(sets, key=lambda s: SET_ORDER.index(Path(s).stem) if Path(s).stem in SET_ORDER else 99)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/binary.py --stages similarity search downstream kumo"

@@ -9,6 +9,8 @@ checkpoints and results JSON:
 2. As soon as a baseline exists, the benchmarks that stand on it start:
    - ``vocab.py`` on PTB small, PTB large and WikiText-2 medium (embedding + softmax, issue 3), 3 runs at a time;
    - ``recurrent.py`` on PTB medium at 25x, then 10x and 50x, and on PTB small at 25x (LSTM layers, issue 4).
+3. ``binary.py --stages search`` on the GPU (Hamming vs float cosine search, issue 6), into its own JSON: merge its
+   ``search_cuda`` entry into ``binary.json`` and rerun ``binary.py --report-only``.
 
 Every stage stops cleanly before ``--time-limit`` (checkpoints saved; a stage that overruns gets SIGINT
 ``--grace`` seconds before the end); rerun the same command until it prints ``all done``. Finished stages
@@ -19,7 +21,8 @@ Measured on one H100 (2026-11-22): PTB small alone ~58k training tokens/s (13 ep
 medium need more than one 10-minute call each, so the work directory must survive between calls.
 
     python benchmarks/gpu_all.py --data /path/to/data --time-limit 540
-    # on a lent machine whose tracked tree is re-copied at every call: keep results under the ignored runs/
+    # on a lent machine whose tracked tree is re-copied at every call: keep results under the ignored runs/;
+    # the data travels as an ignored folder: cp -r ../shared/data/{ptb,wikitext-2,glove-6b-50d,wordsim} .data/
     python benchmarks/gpu_all.py --data .data --time-limit 540 --results runs/results --tar $OUT/results.tgz
     python benchmarks/gpu_all.py --data DIR --smoke --device cpu      # minutes on a CPU: every stage, tiny
 """
@@ -84,6 +87,10 @@ def stages(args) -> list[dict]:
                     "argv": [py, f"{b}/recurrent.py", "--baseline", str(model_dir[base]), "--preset", preset,
                              "--corpus", "ptb", *common, "--ratios", ratios, *rec_opts,
                              "--out", str(res / "recurrent.json"), "--work", str(Path(args.work) / f"recurrent-{tag}")]})
+    if not args.smoke:  # issue 6: Hamming vs float cosine search on the GPU (needs DATA/glove-6b-50d and wordsim/)
+        out.append({"name": "binary_search_cuda", "needs": [], "after": [], "timed": False,
+                    "argv": [py, f"{b}/binary.py", "--data", args.data, "--device", args.device, "--stages", "search",
+                             "--json", str(res / "binary_search_cuda.json"), "--md", str(res / "binary_search_cuda.md")]})
     return out
 
 
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
         left = deadline - time.monotonic()
         # each script stops on its own a little before the call's end (vocab.py only between runs: more slack)
         limit = max(30.0, left - (120 if "vocab" in s["name"] else 60))
-        argv_ = [*s["argv"], "--time-limit", f"{limit:.0f}"]
+        argv_ = [*s["argv"], "--time-limit", f"{limit:.0f}"] if s.get("timed", True) else s["argv"]
         log = open(logs / f"{s['name']}.log", "a")
         log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv_)}\n")
         log.flush()
