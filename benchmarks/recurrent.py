@@ -17,7 +17,7 @@ sequence of short calls finishes the work.
 
     # the headline (GPU, calls of <= 9 min): trains the dense medium baseline in-process (39 epochs,
     # checkpointed), then six methods at 25x; repeat the same command until it exits 0 (3 = paused)
-    python benchmarks/recurrent.py --preset medium --corpus ptb --data /work/shared/data \
+    python benchmarks/recurrent.py --preset medium --corpus ptb --data ../shared/data \
         --methods doped_kp,kp,prune,hmd,lmf,tt --ratios 25 --epochs 6 --jobs 6 --time-limit 480
     # the curve: the same with --ratios 10,50 (finished 25x runs are kept); CMR ablation: doped_kp:cmr=0
     # Grachev-style table for another size: --preset small (or large), results merged into the same files

@@ -21,7 +21,7 @@ holds the vocabulary) or the .ftz file. Accuracy is test accuracy of the best-de
 seeds. MR has no standard split: seed s tests fold s of a seeded (seed 0) 10-fold CV. TREC has no dev
 split: 10% of train (seeded) is held out as dev for every method, fastText included.
 
-    python benchmarks/textcls.py --data /work/shared/data --out benchmarks/results/textcls.json
+    python benchmarks/textcls.py --data ../shared/data --out benchmarks/results/textcls.json
 
 Runs jobs (data set x seed) in ``--jobs`` processes with one torch thread each (2 CPU cores: 2 jobs).
 """
@@ -305,7 +305,8 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("LMSHRINK_DATA", "/work/shared/data"))
+    p.add_argument("--data", default=os.environ.get("LMSHRINK_DATA") or str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                   help="data folder with textcls/ and glove-6b-50d/ (default $LMSHRINK_DATA or ../shared/data)")
     p.add_argument("--sets", default="trec,sst2,mr")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--models", default="lstm,dan", help="comma list of lstm, dan, cnn")

@@ -21,7 +21,7 @@ Methods (``--methods``):
 Results go to ``--results`` (JSON, rewritten after every finished run; a rerun skips finished runs),
 plus a Markdown table (``.md``) and a plot of test perplexity against bytes on disk (``.png``).
 
-    python benchmarks/vocab.py --baseline runs/baselines/ptb-small --data /work/shared/data \
+    python benchmarks/vocab.py --baseline runs/baselines/ptb-small --data ../shared/data \
         --finetune-epochs 2 --results benchmarks/results/vocab_ptb_small.json --time-limit 500
     python benchmarks/vocab.py --corpus ptb --preset tiny --data DIR --train-epochs 1 ...   # train in-process
 """
