@@ -149,9 +149,12 @@ def main(argv=None) -> int:
     if not args.smoke and args.device == "cuda" and not speed_file.exists() and not args.only:
         # first, on a quiet GPU: nn.LSTM vs our fused path vs the pluggable loop (about a minute)
         with open(logs / "lstm_speed.log", "a") as log:
-            subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", args.data, "--runs",
-                            "--speed", "--results", str(speed_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                           timeout=max(10.0, deadline - time.monotonic() - 60))
+            try:
+                subprocess.run([sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", args.data, "--runs",
+                                "--speed", "--results", str(speed_file)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               timeout=max(10.0, min(180.0, deadline - time.monotonic() - 60)))
+            except subprocess.TimeoutExpired:
+                print("LSTM path speed did not finish in time; it runs again next call", flush=True)
 
     stopping = False
     while waiting or running:
