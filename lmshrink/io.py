@@ -42,12 +42,26 @@ def write_json_atomic(path: str | Path, data) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=_json_default)
+            f.write(dumps_readable(data))
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def dumps_readable(data, indent: int = 1, _level: int = 0) -> str:
+    """JSON indented for people, except lists of plain values (a vocabulary, counts, a curve), which stay on one
+    line: one word per line would make a 10k-word manifest 40% larger for nothing."""
+    pad, inner = " " * (indent * _level), " " * (indent * (_level + 1))
+    if isinstance(data, (torch.Tensor, Path)):
+        data = _json_default(data)
+    if isinstance(data, dict) and data:
+        items = [f"{inner}{json.dumps(str(k))}: {dumps_readable(v, indent, _level + 1)}" for k, v in data.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(data, (list, tuple)) and data and any(isinstance(v, (dict, list, tuple)) for v in data):
+        return "[\n" + ",\n".join(inner + dumps_readable(v, indent, _level + 1) for v in data) + "\n" + pad + "]"
+    return json.dumps(data, default=_json_default)
 
 
 def _json_default(o):

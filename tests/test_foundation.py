@@ -36,7 +36,7 @@ import lmshrink.io as io_mod
 import lmshrink.train.hooks as hooks_mod
 import lmshrink.train.lm as lm_mod
 from lmshrink.cli import COMMANDS, main
-from lmshrink.data import EOS, CORPORA, batchify, bptt_windows, download_corpus, load_corpus
+from lmshrink.data import EOS, CORPORA, Vocabulary, batchify, bptt_windows, download_corpus, load_corpus
 from lmshrink.data.download import CorpusSpec
 from lmshrink.errors import LmshrinkError
 from lmshrink.io import load_model_dir, read_manifest, save_model_dir
@@ -820,3 +820,21 @@ def test_cli_compress_then_eval_and_info_show_the_dense_source(tmp_path, monkeyp
         assert rc == 2 and err.count("\n") == 1 and err.startswith("lmshrink compress: error:"), err
         assert message in err, err
         assert not (tmp_path / "bad").exists() and leftovers(tmp_path) == []
+
+
+def test_manifest_json_is_readable_and_compact(tmp_path):
+    from lmshrink.io import dumps_readable
+
+    data = {"words": ["the", "é", '"q"'], "counts": [3, 2, 1], "nested": {"curve": [1.5, 2.5], "rows": [{"a": 1}, {"b": []}]},
+            "empty": {}, "none": None, "tensor": torch.tensor([1, 2]), "path": Path("/x")}
+    text = dumps_readable(data)
+    back = json.loads(text)
+    assert back == {**data, "tensor": [1, 2], "path": "/x"}
+    lines = text.splitlines()
+    assert ' "words": ["the", "\\u00e9", "\\"q\\""],' in lines and ' "counts": [3, 2, 1],' in lines  # one line each
+    assert '  "rows": [' in lines and '   {' in lines  # lists of objects stay indented
+    model = tiny_lm()
+    save_model_dir(model, tmp_path / "m", vocab=Vocabulary.from_tokens([f"w{i % 50}" for i in range(500)]))
+    manifest = (tmp_path / "m" / "manifest.json").read_text()
+    assert json.loads(manifest)["vocab"]["words"][:2] == ["w0", "w1"]
+    assert manifest.count("\n") < 200  # 50 words would be 100+ lines one per line
