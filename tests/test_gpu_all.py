@@ -1,0 +1,56 @@
+"""benchmarks/gpu_all.py builds command lines for other scripts; a typo there would only show on the GPU, where
+every minute counts. Each stage's argv must parse under its script's own parser (nothing is run)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Parsed(Exception):
+    pass
+
+
+def stage_args(smoke: bool) -> list[dict]:
+    gpu_all = load("gpu_all")
+    args = argparse.Namespace(data="DATA", device="cuda", precision="fp32", work="WORK", vocab_epochs=2,
+                              recurrent_epochs=6, vocab_jobs=3, smoke=smoke, results="RES")
+    return gpu_all.stages(args)
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_stage_argv_parses_under_its_script(smoke, monkeypatch):
+    stages = stage_args(smoke)
+    assert stages[0]["name"] == "baselines" and len({s["name"] for s in stages}) == len(stages)
+    names = {s["name"] for s in stages}
+    for s in stages:
+        assert set(s["after"]) <= names, s["name"]
+        script = Path(s["argv"][1]).stem
+        argv = s["argv"][2:] + (["--time-limit", "100"] if s.get("timed", True) else [])
+        seen = {}
+
+        def parse_args(self, args=None, namespace=None, _seen=seen):
+            ns, extra = self.parse_known_args(args, namespace)
+            _seen["ns"], _seen["extra"] = ns, extra
+            raise Parsed
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+        monkeypatch.setattr(sys, "argv", [s["argv"][1], *argv])
+        mod = load(script)
+        with pytest.raises(Parsed):
+            mod.main(argv) if script != "baselines" else mod.main()
+        monkeypatch.undo()
+        assert seen["extra"] == [], f"{s['name']}: {script}.py does not know {seen['extra']}"
