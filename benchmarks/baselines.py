@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -197,13 +196,11 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     except Exception:  # pragma: no cover
         pass
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.results).with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, args.results)
+    from lmshrink.io import write_atomic, write_json_atomic
 
+    write_json_atomic(args.results, results)
     table = markdown(results)
-    Path(args.results).with_suffix(".md").write_text(table)
+    write_atomic(Path(args.results).with_suffix(".md"), table)
     print("\n" + table)
     return 0
 

@@ -36,18 +36,23 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-def write_json_atomic(path: str | Path, data) -> None:
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``: a reader sees the old file or
+    the new one, never half of one, and a failure leaves no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dumps_readable(data))
-            f.write("\n")
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    write_atomic(path, dumps_readable(data) + "\n")
 
 
 def dumps_readable(data, indent: int = 1, _level: int = 0) -> str:

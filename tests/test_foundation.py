@@ -24,14 +24,12 @@ import json
 import math
 import os
 import pickle
-import types
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-import lmshrink.data.download as download_mod
 import lmshrink.io as io_mod
 import lmshrink.train.hooks as hooks_mod
 import lmshrink.train.lm as lm_mod
@@ -344,7 +342,7 @@ def test_download_failed_write_leaves_no_temp_file(tmp_path, source, monkeypatch
     def failing_replace(a, b):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(download_mod, "os", types.SimpleNamespace(fdopen=os.fdopen, replace=failing_replace))
+    monkeypatch.setattr(io_mod.os, "replace", failing_replace)  # downloads write through io.write_atomic
     dest = tmp_path / "data"
     with pytest.raises((OSError, LmshrinkError)):
         download_corpus("ptb", dest, url=src.as_uri(), specs={"ptb": spec})

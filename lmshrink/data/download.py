@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LmshrinkError
+from ..io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -80,19 +79,9 @@ def _write_verified(data: bytes, dest: Path, expected: str) -> None:
     if digest != expected:
         raise LmshrinkError(f"download for {dest.name} has sha256 {digest[:12]}..., expected {expected[:12]}...; not written")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    except OSError as e:
-        raise LmshrinkError(f"cannot write into {dest.parent}: {e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise LmshrinkError(f"could not write {dest}: {e}") from None
-        raise
+        write_atomic(dest, data)
+    except OSError as e:  # disk full, no permission: one clear line, and write_atomic left no temp file
+        raise LmshrinkError(f"could not write {dest}: {e}") from None
 
 
 def download_corpus(name: str, data_dir: str | Path, url: str | None = None, specs: dict | None = None) -> Path:
