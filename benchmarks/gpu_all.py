@@ -55,7 +55,11 @@ def stages(args) -> list[dict]:
     models = Path(args.work) / "baselines"
     spec = {k: (c, "tiny" if args.smoke else p) for k, (c, p) in BASELINES.items()}
     model_dir = {k: models / f"{c}-{p}" for k, (c, p) in spec.items()}
-    runs = sorted({f"{c}:{p}" for c, p in spec.values()})
+    wanted = list(BASELINES) if not args.baselines else args.baselines.split(",")
+    unknown = sorted(set(wanted) - set(BASELINES))
+    if unknown:
+        raise SystemExit(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    runs = sorted({f"{spec[k][0]}:{spec[k][1]}" for k in wanted})
     res = Path(args.results)
     common = ["--data", args.data, "--device", args.device, "--precision", args.precision]
     if args.smoke:
@@ -66,14 +70,18 @@ def stages(args) -> list[dict]:
         vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune",
                       "--jobs", str(args.vocab_jobs)]
         rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
-    out = [{"name": "baselines", "needs": [], "after": [], "produces": list(model_dir.values()),
+    out = [{"name": "baselines", "needs": [], "after": [], "produces": [model_dir[k] for k in wanted],
             "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
                      "--results", str(res / "baselines.json"),
                      *(["--max-steps", "6"] if args.smoke else [])]}]
     for base, key in (("ptb-small", "vocab_ptb_small"), ("ptb-large", "vocab_ptb_large"),
                       ("wikitext-2-medium", "vocab_wikitext2_medium")):
+        opts = vocab_opts
+        if base != "ptb-small" and not args.smoke:  # big models: the paper's headline points only (GPU time)
+            opts = [*vocab_opts, "--methods", args.big_vocab_methods, "--rates", args.big_vocab_rates,
+                    "--gq-rates", args.big_vocab_gq_rates]
         out.append({"name": key, "needs": [model_dir[base]], "after": [],
-                    "argv": [py, f"{b}/vocab.py", "--baseline", str(model_dir[base]), *common, *vocab_opts,
+                    "argv": [py, f"{b}/vocab.py", "--baseline", str(model_dir[base]), *common, *opts,
                              "--work", str(Path(args.work) / key), "--results", str(res / f"{key}.json")]})
     for base, ratios, tag, after in (("ptb-medium", "25", "recurrent_medium_25", []),
                                      ("ptb-small", "25", "recurrent_small_25", []),
@@ -83,9 +91,10 @@ def stages(args) -> list[dict]:
             ratios = {"25": "3", "10,50": "2,4"}[ratios]
         if args.smoke and tag == "recurrent_small_25":
             after = ["recurrent_medium_25"]  # the same tiny group: take turns
+        methods = ["--methods", args.sweep_methods] if tag == "recurrent_medium_10_50" and not args.smoke else []
         out.append({"name": tag, "needs": [model_dir[base]], "after": after,
                     "argv": [py, f"{b}/recurrent.py", "--baseline", str(model_dir[base]), "--preset", preset,
-                             "--corpus", "ptb", *common, "--ratios", ratios, *rec_opts,
+                             "--corpus", "ptb", *common, "--ratios", ratios, *rec_opts, *methods,
                              "--out", str(res / "recurrent.json"), "--work", str(Path(args.work) / f"recurrent-{tag}")]})
     if not args.smoke:  # issue 6: Hamming vs float cosine search on the GPU (needs DATA/glove-6b-50d and wordsim/)
         out.append({"name": "binary_search_cuda", "needs": [], "after": [], "timed": False,
@@ -94,7 +103,7 @@ def stages(args) -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--device", default="cuda")
@@ -106,13 +115,25 @@ def main(argv=None) -> int:
     ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
     ap.add_argument("--vocab-jobs", type=int, default=3, help="vocab.py runs at a time on one baseline")
     ap.add_argument("--only", default=None, help="comma list of stage names to run")
+    ap.add_argument("--baselines", default=None,
+                    help=f"comma list of baselines the baselines stage trains (default all: {', '.join(BASELINES)})")
+    ap.add_argument("--big-vocab-methods", default="groupreduce,groupreduce_q,svd,prune",
+                    help="vocab.py methods on PTB large and WikiText-2 medium")
+    ap.add_argument("--big-vocab-rates", default="6.6", help="vocab.py --rates on PTB large and WikiText-2 medium")
+    ap.add_argument("--big-vocab-gq-rates", default="26", help="vocab.py --gq-rates on PTB large and WikiText-2 medium")
+    ap.add_argument("--sweep-methods", default="doped_kp,kp,prune,lmf",
+                    help="recurrent.py methods of the 10x/50x stage (25x runs every method)")
     ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")
     ap.add_argument("--results", default=None,
                     help="folder for results JSON/Markdown/PNG (default benchmarks/results; with --smoke WORK/results)")
     ap.add_argument("--grace", type=float, default=30.0,
                     help="seconds before --time-limit at which running stages get SIGINT (they checkpoint and stop)")
     ap.add_argument("--tar", default=None, help="pack the results folder and the logs into this .tgz at the end")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     args.results = args.results or str(Path(args.work) / "results" if args.smoke else RESULTS)
 
     t0 = time.monotonic()
@@ -199,6 +220,9 @@ def main(argv=None) -> int:
             if res.exists():
                 tar.add(res, arcname="results")
             tar.add(logs, arcname="logs")
+            work = Path(args.work)  # each worker's own log: baseline trainings, recurrent runs
+            for f in sorted({*work.glob("*/**/log.txt"), *work.glob("baselines/*.log")}):
+                tar.add(f, arcname="runlogs/" + "_".join(f.relative_to(work).parts))
     for f in sorted(res.glob("*.md")):
         print(f"\n--- {f.name}\n" + f.read_text()[-2500:])
     return 0 if not left else 3

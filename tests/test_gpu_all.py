@@ -26,9 +26,22 @@ class Parsed(Exception):
 
 def stage_args(smoke: bool) -> list[dict]:
     gpu_all = load("gpu_all")
-    args = argparse.Namespace(data="DATA", device="cuda", precision="fp32", work="WORK", vocab_epochs=2,
-                              recurrent_epochs=6, vocab_jobs=3, smoke=smoke, results="RES")
+    args = gpu_all.build_parser().parse_args(["--data", "DATA", "--work", "WORK", "--results", "RES",
+                                              *(["--smoke"] if smoke else [])])
     return gpu_all.stages(args)
+
+
+def test_baselines_option_trains_only_the_named_baselines():
+    gpu_all = load("gpu_all")
+    args = gpu_all.build_parser().parse_args(["--data", "D", "--work", "W", "--results", "R",
+                                              "--baselines", "ptb-large,wikitext-2-medium"])
+    base = gpu_all.stages(args)[0]
+    runs = base["argv"][base["argv"].index("--runs") + 1:base["argv"].index("--models")]
+    assert runs == ["ptb:large", "wikitext-2:medium"]
+    assert [p.name for p in base["produces"]] == ["ptb-large", "wikitext-2-medium"]
+    args.baselines = "ptb-huge"
+    with pytest.raises(SystemExit, match="unknown baseline"):
+        gpu_all.stages(args)
 
 
 @pytest.mark.parametrize("smoke", [False, True])

@@ -247,6 +247,26 @@ def test_compressed_lstm_loop_matches_dense_fused_lstm_from_rebuilt_weights(meth
             assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("method,opts", ROWS + [("prune", {"ratio": 5, "schedule": "oneshot"})],
+                         ids=[f"{m}-{'-'.join(map(str, o.values()))}" for m, o in ROWS + [("prune", {"ratio": 5, "schedule": "oneshot"})]])
+def test_fused_evaluation_gives_the_perplexity_of_the_compact_loop(method, opts):
+    # evaluate_ppl runs compressed LSTMs through the fused kernel on rebuilt weights (fast on a shared GPU);
+    # the perplexity must be the compact model's own, which the loop computes
+    from lmshrink.models.lstm_lm import fused_lstm
+    from lmshrink.train.lm import evaluate_ppl
+
+    model, _ = compressed(method, opts)
+    model.eval()
+    with fused_lstm(model):
+        assert all(layer._fused_weights() is not None for layer in model.rnn.layers)
+    assert all(layer._fused_weights() is None for layer in model.rnn.layers)  # switched back off
+    ids = torch.randint(0, 40, (400,), generator=torch.Generator().manual_seed(3))
+    fused = evaluate_ppl(model, ids, batch_size=4, bptt=7)
+    loop = evaluate_ppl(model, ids, batch_size=4, bptt=7, fused=False)
+    assert math.isfinite(loop) and abs(fused - loop) <= 1e-4 * loop, (fused, loop)
+    assert all(not layer.prefer_fused for layer in model.rnn.layers)
+
+
 @pytest.mark.parametrize("method,opts", ROWS, ids=[f"{m}-{'-'.join(map(str, o.values()))}" for m, o in ROWS])
 def test_save_load_round_trip_and_bits_match_bytes_on_disk(method, opts, tmp_path):
     model, report = compressed(method, opts)

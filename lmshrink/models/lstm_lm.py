@@ -10,6 +10,8 @@ weights; otherwise it projects all inputs with one call of ``ih`` and runs only 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -62,6 +64,7 @@ class GateAwareLSTMLayer(nn.Module):
         self.ih = nn.Linear(input_size, NUM_GATES * hidden_size)
         self.hh = nn.Linear(hidden_size, NUM_GATES * hidden_size)
         self.force_loop = False  # benchmarks set this to time the pluggable path on dense maps
+        self.prefer_fused = False  # set by ``fused_lstm``: evaluation rebuilds dense weights once per window
 
     def _fused_weights(self) -> list[torch.Tensor] | None:
         """Weights for the fused kernel, or None to run the pluggable loop.
@@ -69,12 +72,15 @@ class GateAwareLSTMLayer(nn.Module):
         Dense maps always go fused. Compressed maps go fused while *training*: their dense weight is
         rebuilt from the compact factors once per forward (differentiable, so gradients reach the
         factors) and the whole sequence runs in cuDNN; that costs one small product per step instead
-        of T small kernels per step. At inference the loop applies the compact maps themselves.
+        of T small kernels per step. At inference the loop applies the compact maps themselves, unless
+        ``prefer_fused`` is set (perplexity evaluation: the same function, computed faster; speed
+        benchmarks leave it off, so they time the compact maps).
         """
         if self.force_loop:
             return None
         dense = type(self.ih) is nn.Linear and type(self.hh) is nn.Linear
-        if not dense and not (self.training and hasattr(self.ih, "dense_weight") and hasattr(self.hh, "dense_weight")):
+        rebuild = self.training or self.prefer_fused
+        if not dense and not (rebuild and hasattr(self.ih, "dense_weight") and hasattr(self.hh, "dense_weight")):
             return None
         w_ih = self.ih.weight if type(self.ih) is nn.Linear else self.ih.dense_weight()
         w_hh = self.hh.weight if type(self.hh) is nn.Linear else self.hh.dense_weight()
@@ -101,6 +107,27 @@ class GateAwareLSTMLayer(nn.Module):
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)
         return torch.stack(outs), (h, c)
+
+
+@contextmanager
+def fused_lstm(model: nn.Module, enabled: bool = True):
+    """Within this block every gate-aware LSTM layer of ``model`` runs the fused kernel on dense weights
+    rebuilt from its compact maps (once per call, i.e. per BPTT window), also in eval mode.
+
+    Why: perplexity evaluation of a compressed LSTM through the per-time-step loop launches ~30 small
+    kernels per step; on a shared GPU that made evaluation, not retraining, the slowest part of a run.
+    The rebuilt weight is the compressed layer's own function (``dense_weight``), so the perplexity is
+    the compressed model's; latency benchmarks do not use this, they time the compact maps.
+    """
+    layers = [m for m in model.modules() if isinstance(m, GateAwareLSTMLayer)]
+    old = [m.prefer_fused for m in layers]
+    try:
+        for m in layers:
+            m.prefer_fused = enabled
+        yield model
+    finally:
+        for m, o in zip(layers, old):
+            m.prefer_fused = o
 
 
 class LSTMLanguageModel(nn.Module):

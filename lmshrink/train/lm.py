@@ -57,12 +57,15 @@ def autocast_for(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35,
-                 device: str | torch.device = "cpu", precision: str = "fp32") -> float:
+                 device: str | torch.device = "cpu", precision: str = "fp32", fused: bool = True) -> float:
     """Perplexity of ``model`` on a 1-D id stream, hidden state carried across windows.
 
     Zaremba et al. report test perplexity at batch 1 (``eval_config``); batch 1 with carried state
-    equals their one-step evaluation up to rounding.
+    equals their one-step evaluation up to rounding. ``fused`` runs compressed LSTM layers through the
+    fused kernel on their rebuilt dense weights (``models.lstm_lm.fused_lstm``): the same function, faster.
     """
+    from ..models.lstm_lm import fused_lstm
+
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -70,7 +73,7 @@ def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt
     state = model.init_state(batch_size, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    with autocast_for(device, precision):
+    with autocast_for(device, precision), fused_lstm(model, fused):
         for inputs, targets in bptt_windows(data, bptt):
             logits, state = model(inputs, state)
             total += lm_loss(logits, targets).double() * targets.numel()
