@@ -187,8 +187,10 @@ def run_one(spec: dict) -> dict:
 
     t0 = time.time()
     device = torch.device(spec["device"])
-    if device.type == "cpu" and spec.get("threads"):
-        torch.set_num_threads(spec["threads"])  # parallel CPU workers would oversubscribe the cores
+    if spec.get("threads"):
+        # on GPU too: compression (SVDs) runs on the CPU, and six workers of 16 threads each on 16 cores made
+        # every SVD ~40x slower (spinning OpenMP threads), so runs spent a whole 9-minute call compressing
+        torch.set_num_threads(spec["threads"])
     corpus = load_corpus_from(spec)
     recipe = Preset(**spec["recipe"])
     run_dir = Path(spec["run_dir"])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -191,8 +192,8 @@ def run_guarded(m, r, dense, corpus, recipe, args, device, work, log) -> dict:
 def _worker(m: str, r: float, ns: dict) -> dict:
     """One run in a worker process: it loads the baseline and corpus itself (only names cross processes)."""
     args = argparse.Namespace(**ns)
-    if args.cpu_threads:
-        torch.set_num_threads(args.cpu_threads)
+    # parallel workers share the cores: oversubscribed OpenMP threads slow every CPU SVD many times over
+    torch.set_num_threads(args.cpu_threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1)))
     device = resolve_device(args.device)
     quiet = lambda *a, **k: None  # noqa: E731 - the parent logs each finished run
     dense, corpus, recipe, _ = load_or_train_baseline(args, device, Path(args.work), quiet)
