@@ -100,6 +100,17 @@ def markdown(results: dict) -> str:
         delta = f"{r['test_ppl'] - pub:+.2f}" if pub else "-"
         lines.append(f"| {name} | {r['test_ppl']:.2f} | {pub if pub else '-'} | {delta} | {r['valid_ppl']:.2f} | {r['epochs']} | "
                      f"{r['wall_s'] / 60:.1f} | {r['train_tokens_per_s']:,.0f} | {r['params']:,} | {r['bytes_on_disk']:,} |")
+    repeats = results.get("repeats") or []
+    if repeats:  # the same recipe and seed again: GPU kernels are not bit-deterministic, so this is the spread
+        lines += ["", "Other runs of the same recipes and seed (their spread is the run-to-run noise of GPU training):", "",
+                  "| run | when | test ppl | published | Δ | epochs | wall min | train tok/s |", "|---|---|---|---|---|---|---|---|"]
+        for r in repeats:
+            pub = r.get("published_test_ppl")
+            lines.append(f"| {r['name']} | {r.get('when', '-')} | {r['test_ppl']:.2f} | {pub or '-'} | "
+                         f"{(r['test_ppl'] - pub) if pub else 0:+.2f} | {r['epochs']} | {r['wall_s'] / 60:.1f} | "
+                         f"{r['train_tokens_per_s']:,.0f} |")
+    if results.get("note"):
+        lines += ["", results["note"]]
     speed = results.get("lstm_path_speed")
     if speed:
         lines += ["", f"LSTM paths, tokens/s ({speed['config'].get('gpu') or speed['config']['device']}, hidden "
