@@ -16,9 +16,13 @@ Every stage stops cleanly before ``--time-limit`` (checkpoints saved; a stage th
 ``--grace`` seconds before the end); rerun the same command until it prints ``all done``. Finished stages
 are remembered in ``WORK/gpu_all_state.json``.
 
-Measured on one H100 (2026-11-22): PTB small alone ~58k training tokens/s (13 epochs: 3.5 min), medium
-~40-50k tokens/s while sharing the GPU with two other trainings (39 epochs: 15 min); large and WikiText-2
-medium need more than one 10-minute call each, so the work directory must survive between calls.
+Measured on one H100: PTB small alone ~58k training tokens/s (13 epochs: 3.5 min); side by side (2026-11-23)
+medium 8.3 min and large 22.6 min (55 epochs, three calls), then the six 25x recurrent runs of PTB medium in
+about 5 min. Stages run in parallel processes and their compression is CPU work: each stage gets
+``OMP_NUM_THREADS`` = cores / 6. Without that, nine processes of 16 OpenMP threads on 16 cores spent whole calls
+compressing without a run starting (a CPU test of the same oversubscription: six processes of two threads on
+two cores took 30-70 s per medium LSTM compression instead of 0.6-1.6 s). The work directory must survive
+between calls.
 
     python benchmarks/gpu_all.py --data /path/to/data --time-limit 540
     # on a lent machine whose tracked tree is re-copied at every call: keep results under the ignored runs/;

@@ -188,8 +188,8 @@ def run_one(spec: dict) -> dict:
     t0 = time.time()
     device = torch.device(spec["device"])
     if spec.get("threads"):
-        # on GPU too: compression (SVDs) runs on the CPU, and six workers of 16 threads each on 16 cores made
-        # every SVD ~40x slower (spinning OpenMP threads), so runs spent a whole 9-minute call compressing
+        # on GPU too: compression (SVDs) runs on the CPU, and six workers of 16 threads each on 16 cores spent
+        # whole 9-minute calls compressing (oversubscribed OpenMP threads; 20-40x slower in a CPU test)
         torch.set_num_threads(spec["threads"])
     corpus = load_corpus_from(spec)
     recipe = Preset(**spec["recipe"])
