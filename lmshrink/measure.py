@@ -70,12 +70,16 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu",
                          batch_size: int = 1, seq_len: int = 35, warmup: int = 3, repeats: int = 10,
-                         autocast_dtype: torch.dtype | None = None, seed: int = 0) -> dict:
+                         autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool = False) -> dict:
     """Forward-pass throughput of a language model on random ids: median tokens/s over ``repeats``.
 
     The default (batch 1 on CPU) is the latency a single user sees; batch 64 on GPU is serving
-    throughput. Hidden state carries over between windows as in evaluation.
+    throughput. Hidden state carries over between windows as in evaluation. ``fused`` times the other
+    way to serve a compressed LSTM: each window rebuilds the dense LSTM weights from the compact maps
+    and runs the fused kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call).
     """
+    from .models.lstm_lm import fused_lstm
+
     device = torch.device(device)
     model = model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +87,7 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     state = model.init_state(batch_size, device)
     times = []
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
-    with ctx:
+    with ctx, fused_lstm(model, fused):
         for i in range(warmup + repeats):
             _sync(device)
             t0 = time.perf_counter()
@@ -94,4 +98,4 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     med = statistics.median(times)
     return {"tokens_per_s": batch_size * seq_len / med, "ms_per_token": 1000 * med / (batch_size * seq_len),
             "batch_size": batch_size, "seq_len": seq_len, "device": str(device), "repeats": repeats,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "fused": fused}

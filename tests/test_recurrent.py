@@ -387,3 +387,14 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
     assert again.returncode == 0 and "started" not in again.stdout
+
+
+def test_tokens_per_second_times_both_ways_to_serve_a_compressed_lstm():
+    from lmshrink.measure import lm_tokens_per_second
+
+    model, _ = compressed("kronecker", {"ratio": 6})
+    loop = lm_tokens_per_second(model, 40, batch_size=2, seq_len=5, warmup=1, repeats=2)
+    fused = lm_tokens_per_second(model, 40, batch_size=2, seq_len=5, warmup=1, repeats=2, fused=True)
+    assert not loop["fused"] and fused["fused"]
+    assert loop["tokens_per_s"] > 0 and fused["tokens_per_s"] > 0
+    assert not any(layer.prefer_fused for layer in model.rnn.layers)  # only during the timing
