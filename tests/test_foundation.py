@@ -570,7 +570,7 @@ def test_bytes_on_disk_match_bits(tmp_path):
 def test_lm_tokens_per_second():
     model = tiny_lm()
     res = lm_tokens_per_second(model, 50, batch_size=2, seq_len=5, warmup=1, repeats=3)
-    assert set(res) == {"tokens_per_s", "ms_per_token", "batch_size", "seq_len", "device", "repeats", "threads"}
+    assert set(res) == {"tokens_per_s", "ms_per_token", "batch_size", "seq_len", "device", "repeats", "threads", "fused"}
     assert res["tokens_per_s"] > 0 and res["ms_per_token"] > 0
     assert res["tokens_per_s"] * res["ms_per_token"] == pytest.approx(1000, rel=1e-9)
     assert (res["batch_size"], res["seq_len"], res["device"], res["repeats"], res["threads"]) == (2, 5, "cpu", 3, 1)
