@@ -9,7 +9,7 @@ there, on GPU at batch 64 (35-token windows, hidden state carried, median of rep
 Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
 
     python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
-    python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 \
+    python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 --rebuilt \
         --out benchmarks/results/recurrent_speed_cpu.json
 """
 
@@ -73,7 +73,9 @@ def write_table(out_json: str) -> str:
     note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
             f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; "
-            + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept)." if what == "LSTM maps" else
+            + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); 'rebuilt dense' rows rebuild "
+               "each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
+               if what == "LSTM maps" else
                f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall)."))
     table = "\n".join(lines) + "\n\n" + note + "\n"
     Path(out_json).with_suffix(".md").write_text(table)
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
     ap.add_argument("--repeats", type=int, default=10, help="timed forward passes per measurement (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds over all models")
+    ap.add_argument("--rebuilt", action="store_true",
+                    help="--target lstm: also time each model with its LSTM weights rebuilt dense per window (fused kernel)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
     args = ap.parse_args(argv)
 
@@ -114,13 +118,14 @@ def main(argv=None) -> int:
     setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
                "rate": args.rate, "gq_rate": args.gq_rate}
 
-    def speed(model, dev):
+    def speed(model, dev, fused=False):
         bs = setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
-        r = lm_tokens_per_second(model, V, dev, batch_size=bs, repeats=args.repeats, warmup=3)["tokens_per_s"]
+        r = lm_tokens_per_second(model, V, dev, batch_size=bs, repeats=args.repeats, warmup=3, fused=fused)["tokens_per_s"]
         model.cpu()
         return r
 
     models = {"dense": dense}
+    fused = set()  # rows timed with the LSTM weights rebuilt dense per window (--rebuilt)
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
     for name in names:
         model = copy.deepcopy(dense)
@@ -133,13 +138,17 @@ def main(argv=None) -> int:
         models[name] = model.eval()
         rows[name] = {"method": name, "config": cfg.to_dict(), "vocab_ratio": ratio, "compress_s": cs}
         print(f"{name}: compressed in {cs:.1f} s, ratio {ratio:.1f}x", flush=True)
+        if args.rebuilt and args.target == "lstm":
+            models[f"{name}, rebuilt dense"] = model
+            rows[f"{name}, rebuilt dense"] = {**rows[name], "method": f"{name}, rebuilt dense", "fused": True}
+            fused.add(f"{name}, rebuilt dense")
     # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
     # each model's figure is the median over rounds, its speed-up the median of per-round ratios.
     for d in devices:
         per_round = {n: [] for n in models}
         for k in range(args.rounds):
             for n, model in models.items():
-                per_round[n].append(speed(model, d))
+                per_round[n].append(speed(model, d, n in fused))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
         for n in models:
             rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
