@@ -71,8 +71,30 @@ def lstm_path_speed(device: str, hidden: int = 650, vocab: int = 10000, batch: i
         times.sort()
         return bptt * batch_size / times[len(times) // 2]
 
+    def timed_graph(model, batch_size: int):
+        """Training steps of our fused path captured once as a CUDA graph (lmshrink train --cuda-graph)."""
+        from lmshrink.train.graphed import StaticLMStep
+
+        x = torch.randint(0, vocab, (bptt, batch_size), device=dev)
+        y = torch.randint(0, vocab, (bptt, batch_size), device=dev)
+        model.train()
+        step = StaticLMStep(model, list(model.parameters()), bptt, batch_size, 5.0, dev, capture=True)
+        step.set_lr(0.1)
+        times = []
+        for i in range(steps + 5):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(x, y)
+            torch.cuda.synchronize()
+            if i >= 5:  # the first steps warm up and capture
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        return bptt * batch_size / times[len(times) // 2]
+
     ours = LSTMLanguageModel(vocab, hidden, 2).to(dev)
     ref = TorchLSTMLM().to(dev)
+    if dev.type == "cuda":
+        out[f"fused+graph/train_b{batch}"] = timed_graph(LSTMLanguageModel(vocab, hidden, 2).to(dev), batch)
     for train, bs in ((True, batch), (False, 64)):
         key = "train_b%d" % bs if train else "infer_b%d" % bs
         out[f"nn.LSTM/{key}"] = timed(ref, train, bs)
@@ -116,10 +138,12 @@ def markdown(results: dict) -> str:
         lines += ["", f"LSTM paths, tokens/s ({speed['config'].get('gpu') or speed['config']['device']}, hidden "
                   f"{speed['config']['hidden']}, 2 layers, 35 steps; training at batch 20, inference at batch 64):", "",
                   "| path | train | vs nn.LSTM | inference | vs nn.LSTM |", "|---|---|---|---|---|"]
-        for path in ("nn.LSTM", "fused", "loop"):
-            tr, inf = speed[f"{path}/train_b20"], speed[f"{path}/infer_b64"]
-            lines.append(f"| {path} | {tr:,.0f} | {tr / speed['nn.LSTM/train_b20']:.2f} | {inf:,.0f} | "
-                         f"{inf / speed['nn.LSTM/infer_b64']:.2f} |")
+        for path in ("nn.LSTM", "fused", "fused+graph", "loop"):
+            tr, inf = speed.get(f"{path}/train_b20"), speed.get(f"{path}/infer_b64")
+            if tr is None:
+                continue  # fused+graph: measured since 2026-11-23 only
+            lines.append(f"| {path} | {tr:,.0f} | {tr / speed['nn.LSTM/train_b20']:.2f} | "
+                         + (f"{inf:,.0f} | {inf / speed['nn.LSTM/infer_b64']:.2f} |" if inf else "- | - |"))
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +160,7 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="cut every run to N steps (smoke tests)")
     ap.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 (TF32 matmuls on GPU) or bf16; "
                                                         "a run's own corpus:preset:precision wins")
+    ap.add_argument("--cuda-graph", action="store_true", help="train with the step captured as a CUDA graph (lmshrink train --cuda-graph)")
     ap.add_argument("--speed", action="store_true", help="also time nn.LSTM vs fused vs pluggable loop")
     args = ap.parse_args()
 
@@ -157,6 +182,8 @@ def main() -> int:
                "--out", str(out_dir), "--device", args.device, "--precision", precision, "--json", "--no-progress"]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
+        if args.cuda_graph:
+            cmd += ["--cuda-graph"]
         log = open(logs / f"{name}.log", "a")
         procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True), (corpus, preset, precision), cmd)
         print(f"started {name}: {' '.join(cmd)}", flush=True)

@@ -76,7 +76,7 @@ def stages(args) -> list[dict]:
         rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
     out = [{"name": "baselines", "needs": [], "after": [], "produces": [model_dir[k] for k in wanted],
             "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
-                     "--results", str(res / "baselines.json"),
+                     "--results", str(res / "baselines.json"), *(["--cuda-graph"] if args.cuda_graph else []),
                      *(["--max-steps", "6"] if args.smoke else [])]}]
     for base, key in (("ptb-small", "vocab_ptb_small"), ("ptb-large", "vocab_ptb_large"),
                       ("wikitext-2-medium", "vocab_wikitext2_medium")):
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
     ap.add_argument("--vocab-jobs", type=int, default=3, help="vocab.py runs at a time on one baseline")
     ap.add_argument("--only", default=None, help="comma list of stage names to run")
+    ap.add_argument("--cuda-graph", action="store_true", help="baselines train with the step captured as a CUDA graph")
     ap.add_argument("--baselines", default=None,
                     help=f"comma list of baselines the baselines stage trains (default all: {', '.join(BASELINES)})")
     ap.add_argument("--big-vocab-methods", default="groupreduce,groupreduce_q,svd,prune",

@@ -39,15 +39,19 @@ def _corpus_for(manifest: dict, data_dir, corpus: str | None = None):
 
 
 def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_steps=None, device="auto",
-                   precision="auto", seed=0, tie_weights=False, resume=True, progress=True, log=print) -> dict:
+                   precision="auto", seed=0, tie_weights=False, resume=True, progress=True, log=print,
+                   cuda_graph=False) -> dict:
     check(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    c = load_corpus(corpus, data_dir)
     dev = resolve_device(device)
+    if cuda_graph:  # before any data is read: a wrong flag should cost nothing
+        check(dev.type == "cuda", "--cuda-graph needs a CUDA device")
+        check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
+    c = load_corpus(corpus, data_dir)
     recipe: Preset = PRESETS[preset]
     model = build_from_preset(preset, len(c.vocab), tie_weights=tie_weights)
     log(f"training {preset} LSTM LM on {corpus} ({len(c.vocab)} words, {c.train.numel():,} train tokens) on {dev}")
     res = train_lm(model, c, recipe, out_dir=out, device=dev, epochs=epochs, max_steps=max_steps, seed=seed,
-                   precision=precision, progress=progress, resume=resume, log=log)
+                   precision=precision, progress=progress, resume=resume, log=log, cuda_graph=cuda_graph)
     model = res["model"]
     valid = evaluate_ppl(model, c.splits["valid"], 1, recipe.bptt, dev)
     test = evaluate_ppl(model, c.splits["test"], 1, recipe.bptt, dev)
@@ -57,7 +61,7 @@ def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_ste
                "epochs": res["epochs"], "steps": res["steps"], "wall_s": res["wall_s"],
                "train_tokens_per_s": res["train_tokens_per_s"], "tokens_per_s": speed["tokens_per_s"], "speed": speed}
     config = {"corpus": corpus, "preset": preset, "recipe": preset_dict(preset), "epochs": epochs,
-              "max_steps": max_steps, "seed": seed, "precision": precision, "device": str(dev),
+              "max_steps": max_steps, "seed": seed, "precision": precision, "cuda_graph": cuda_graph, "device": str(dev),
               "tie_weights": tie_weights, "command": " ".join(sys.argv)}
     save_model_dir(model.cpu(), out, vocab=c.vocab, extra={
         "corpus": corpus, "data_checksums": c.checksums, "config": config, "metrics": metrics,

@@ -78,3 +78,29 @@ def test_hamming_topk_on_gpu_equals_brute_force(c):
         assert (ref[i][got] == dist[i].cpu().numpy()).all() and len(set(got.tolist())) == 10
         # every row strictly closer than the 10th distance must be there (ties at the boundary may differ)
         assert set(np.flatnonzero(ref[i] < ref[i][order[-1]]).tolist()) <= set(got.tolist())
+
+
+def test_cuda_graph_replay_equals_the_eager_step():
+    # lmshrink train --cuda-graph: warm-up steps, capture, replays, and the shorter last window eagerly
+    from lmshrink.models import LSTMLanguageModel
+    from lmshrink.train.graphed import StaticLMStep
+
+    def run(capture):
+        torch.manual_seed(0)
+        model = LSTMLanguageModel(300, hidden=32, layers=2, dropout=0.0).cuda().train()
+        step = StaticLMStep(model, list(model.parameters()), 7, 4, 0.5, torch.device("cuda"), capture=capture)
+        step.set_lr(0.7)
+        g = torch.Generator().manual_seed(1)
+        losses = []
+        for k in range(10):
+            w = torch.randint(0, 300, (8 if k < 9 else 4, 4), generator=g).cuda()
+            x, y = w[:-1], w[1:]
+            losses.append(float(step(x, y) if x.size(0) == 7 else step.eager(x, y)))
+        return losses, [p.detach().clone() for p in model.parameters()], step
+
+    eager_losses, eager_params, _ = run(False)
+    graph_losses, graph_params, step = run(True)
+    assert step.graph is not None  # it really captured and replayed
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
+    for a, b in zip(eager_params, graph_params):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

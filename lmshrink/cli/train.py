@@ -16,6 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 or bf16")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture the training step as a CUDA graph and replay it (CUDA, --precision fp32, dense models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tie-weights", action="store_true", help="share the embedding and softmax weights")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -33,7 +35,8 @@ def run(args) -> int:
     result = train_and_save(corpus=args.corpus, data_dir=args.data, preset=args.preset, out=args.out,
                             epochs=args.epochs, max_steps=args.max_steps, device=args.device, precision=args.precision,
                             seed=args.seed, tie_weights=args.tie_weights, resume=not args.no_resume,
-                            progress=not args.no_progress, log=_stderr_log if args.json else print)
+                            progress=not args.no_progress, log=_stderr_log if args.json else print,
+                            cuda_graph=args.cuda_graph)
     if args.json:
         emit_json(result["metrics"])
     else:

@@ -149,10 +149,12 @@ class _Checkpoint:
 def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Path | None = None,
              device: str | torch.device = "cpu", epochs: int | None = None, max_steps: int | None = None,
              seed: int = 0, precision: str = "auto", progress: bool = True, resume: bool = True,
-             checkpoint_every_s: float = 300.0, lr_fn=None, log=print) -> dict:
+             checkpoint_every_s: float = 300.0, lr_fn=None, log=print, cuda_graph: bool = False) -> dict:
     """Train ``model`` with Zaremba's recipe; returns metrics and the (possibly resumed) model.
 
     ``epochs`` / ``max_steps`` cut a run short. ``lr_fn(epoch) -> lr`` overrides the schedule.
+    ``cuda_graph`` captures the training step once as a CUDA graph and replays it (``train.graphed``):
+    CUDA, fp32 and models without per-step training hooks only.
     Returns a dict with ``model``, ``valid_ppl``, ``history``, ``wall_s``, ``train_tokens_per_s``.
     """
     from tqdm.auto import tqdm
@@ -186,6 +188,17 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_fn(trainer["epoch"]))
     amp = autocast_for(device, precision)
+    static = None  # the captured step, when cuda_graph
+    if cuda_graph:
+        from .graphed import StaticLMStep, graph_ready
+
+        check(device.type == "cuda", "--cuda-graph needs a CUDA device")
+        check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
+        why = graph_ready(model)
+        check(why is None, f"--cuda-graph cannot capture this model: {why}")
+        static = StaticLMStep(model, params, recipe.bptt, recipe.batch_size, recipe.max_grad_norm, device, capture=True)
+        if state is not None:
+            static.load_state(state)
     last_ckpt = time.monotonic()
     t_start = time.monotonic() - trainer["wall_s"]
     done = trainer["global_step"] >= total_steps
@@ -197,6 +210,11 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                 g["lr"] = lr_fn(epoch)
             if state is None or trainer["step_in_epoch"] == 0:
                 state = model.init_state(recipe.batch_size, device)
+                if static is not None:
+                    static.reset_state()
+            if static is not None:
+                static.set_lr(lr_fn(epoch))
+                state = static.state
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             tok_sum, t_epoch = 0, time.monotonic()
             if trainer["step_in_epoch"] > 0:  # resumed inside this epoch
@@ -208,17 +226,21 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
             for k, (inputs, targets) in enumerate(bptt_windows(train_data, recipe.bptt)):
                 if k < trainer["step_in_epoch"]:
                     continue
-                state = detach_state(state)
-                with amp:
-                    logits, state = model(inputs, state)
-                    loss = lm_loss(logits, targets)
-                # TF tutorial scale: summed over the window, averaged over the batch.
-                objective = loss * inputs.size(0) + hooks.extra_loss(model)
-                opt.zero_grad(set_to_none=True)
-                objective.backward()
-                if recipe.max_grad_norm:
-                    nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-                opt.step()
+                if static is not None:  # the same step, replayed from a CUDA graph (last, shorter window eagerly)
+                    loss = static(inputs, targets) if inputs.size(0) == recipe.bptt else static.eager(inputs, targets)
+                    state = static.state
+                else:
+                    state = detach_state(state)
+                    with amp:
+                        logits, state = model(inputs, state)
+                        loss = lm_loss(logits, targets)
+                    # TF tutorial scale: summed over the window, averaged over the batch.
+                    objective = loss * inputs.size(0) + hooks.extra_loss(model)
+                    opt.zero_grad(set_to_none=True)
+                    objective.backward()
+                    if recipe.max_grad_norm:
+                        nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+                    opt.step()
                 trainer["global_step"] += 1
                 trainer["step_in_epoch"] = k + 1
                 hooks.after_step(model, trainer["global_step"], total_steps)
