@@ -104,3 +104,20 @@ def test_cli_cuda_graph_on_cpu_is_one_clear_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--cuda-graph needs a CUDA device" in r.stderr  # checked before the (missing) data is looked for
     assert not (tmp_path / "m").exists()
+
+
+def test_a_failed_capture_falls_back_to_the_eager_step():
+    # on this CPU-only torch the capture itself fails: the step must still train, exactly as eagerly
+    data = windows(3)[:3]
+    a, b = tiny(), tiny()
+    eager = StaticLMStep(a, list(a.parameters()), T, B, 5.0, torch.device("cpu"))
+    fallback = StaticLMStep(b, list(b.parameters()), T, B, 5.0, torch.device("cpu"), capture=True, warmup=0)
+    for s in (eager, fallback):
+        s.set_lr(0.3)
+    a.eval(), b.eval()  # no dropout: the two runs draw no random numbers
+    with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+        for x, y in data:
+            assert float(eager(x, y)) == pytest.approx(float(fallback(x, y)), rel=1e-6)
+    assert fallback.graph is None and fallback.fallback_reason
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)

@@ -17,6 +17,8 @@ against the ordinary loop of :func:`lmshrink.train.lm.train_lm`.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -42,6 +44,7 @@ class StaticLMStep:
         self.loss = torch.zeros((), device=device)  # mean cross-entropy of the last step
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm_steps = 0
+        self.fallback_reason: str | None = None  # set when capture failed and the step runs eagerly
 
     # ------------------------------------------------------------------ state between steps
     def set_lr(self, lr: float) -> None:
@@ -101,10 +104,16 @@ class StaticLMStep:
                 torch.cuda.current_stream().wait_stream(side)
                 self.warm_steps += 1
                 return self.loss
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # records the step; nothing runs until replay
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):  # records the step; nothing runs until replay
+                    self._step()
+                self.graph = graph
+            except (RuntimeError, AssertionError) as e:  # an op that cannot be captured: train on, eagerly
+                self.capture, self.fallback_reason = False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                warnings.warn(f"CUDA graph capture failed, training eagerly instead ({self.fallback_reason})")
                 self._step()
-            self.graph = graph
+                return self.loss
         self.graph.replay()
         return self.loss
 

@@ -286,7 +286,9 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
     hist = trainer["history"]
     return {"model": model, "history": hist, "epochs": len(hist), "steps": trainer["global_step"],
             "valid_ppl": hist[-1]["valid_ppl"] if hist else None, "wall_s": wall,
-            "train_tokens_per_s": trainer["train_tokens"] / max(wall, 1e-9), "checkpoint": ckpt}
+            "train_tokens_per_s": trainer["train_tokens"] / max(wall, 1e-9), "checkpoint": ckpt,
+            "cuda_graph": None if static is None else {"captured": static.graph is not None,
+                                                        "fallback": static.fallback_reason}}
 
 
 def _check_loss(mean: float, epoch: int, step: int) -> None:
