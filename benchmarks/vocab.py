@@ -32,6 +32,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,32 @@ def speed(model, vocab_size, device) -> float:
     if device.type == "cuda":
         return lm_tokens_per_second(model, vocab_size, device, batch_size=64, repeats=20, warmup=5)["tokens_per_s"]
     return lm_tokens_per_second(model, vocab_size, "cpu", batch_size=1, repeats=10, warmup=3)["tokens_per_s"]
+
+
+def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, log, rounds: int = 3) -> None:
+    """tokens/s of every finished run next to the dense model, in this (main) process, one model at a time.
+
+    Why here and not in the run: runs go in parallel workers (``--jobs``), and a speed taken while other
+    runs share the GPU or cores is not comparable with a dense figure taken alone. Dense and compressed
+    are timed in interleaved rounds; the ratio is the median of per-round ratios.
+    """
+    for key, r in sorted(results["runs"].items()):
+        if r.get("status") != "done" or "speed_vs_dense" in r:
+            continue
+        model_dir = work / "models" / key
+        if not (model_dir / "manifest.json").is_file():
+            continue
+        model, _ = load_model_dir(model_dir, device="cpu")
+        pairs = []
+        for _ in range(rounds):
+            d = speed(dense, vocab_size, device)
+            c = speed(model, vocab_size, device)
+            pairs.append((c, d))
+        dense.to(device)
+        r["tokens_per_s"] = statistics.median(c for c, _ in pairs)
+        r["dense_tokens_per_s_beside"] = statistics.median(d for _, d in pairs)
+        r["speed_vs_dense"] = statistics.median(c / d for c, d in pairs)
+        log(f"{key}: {r['tokens_per_s']:,.0f} tok/s, {r['speed_vs_dense']:.2f}x dense (side by side)")
 
 
 def evaluate(model, corpus, args, device) -> dict:
@@ -173,7 +200,7 @@ def run_one(method, rate, dense, corpus, recipe, args, device, work: Path, log) 
             "test_ppl_before": before["test"], "valid_ppl_before": before["valid"],
             "test_ppl_after": after["test"], "valid_ppl_after": after["valid"],
             "params": tot["params"], "bits": tot["bits"], "bytes_on_disk": bytes_on_disk(out_dir)["total"],
-            "tokens_per_s": speed(model, len(corpus.vocab), device), "compress_s": compress_s,
+            "compress_s": compress_s,  # speed: measure_speeds, afterwards, alone
             "finetune_s": finetune_s, "finetune_epochs": args.finetune_epochs, "finetune_history": ft_hist,
             "layers": {n: getattr(model.get_submodule(n), "spec", lambda: "dense")() for n in names}}
 
@@ -256,6 +283,12 @@ def targets(results: dict) -> list[str]:
     return out
 
 
+def fmt_speed(r: dict) -> str:
+    """Compressed / dense tokens/s, measured side by side; '-' where no such measurement exists (runs timed
+    inside parallel workers before 2026-11-23 kept that figure as ``tokens_per_s_in_worker``, not shown)."""
+    return f"{r['speed_vs_dense']:.2f}" if "speed_vs_dense" in r else "-"
+
+
 def write_outputs(results: dict, path: Path) -> str:
     write_json_atomic(path, results)
     d = results["dense"]
@@ -270,8 +303,10 @@ def write_outputs(results: dict, path: Path) -> str:
             continue
         lines.append(f"| {r['method']} | {r['rate']:g}x | {r['vocab_ratio']:.1f}x | {r['test_ppl_before']:.2f} | "
                      f"{r['test_ppl_after']:.2f} | {100 * (r['test_ppl_after'] / d['test_ppl'] - 1):+.1f}% | "
-                     f"{r['bytes_on_disk']:,} | {r['tokens_per_s'] / d['tokens_per_s']:.2f} | {r['compress_s']:.1f} |")
+                     f"{r['bytes_on_disk']:,} | {fmt_speed(r)} | {r['compress_s']:.1f} |")
     lines += ["", *targets(results)]
+    if results.get("speed_note"):
+        lines += ["", f"Speed: {results['speed_note']}"]
     table = "\n".join(lines)
     path.with_suffix(".md").write_text(table + "\n")
     try:
@@ -408,6 +443,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # finished runs are already in the JSON; the ones in flight are redone next time
         log("interrupted; rerun the same command to continue")
         paused = True
+    if not paused:
+        try:
+            measure_speeds(results, dense, len(corpus.vocab), device, work, log)
+        except KeyboardInterrupt:
+            log("interrupted while timing; rerun the same command to time the rest")
+            paused = True
     table = write_outputs(results, results_path)
     print()
     print(table)

@@ -53,6 +53,10 @@ def test_vocab_benchmark_end_to_end(tmp_path, jobs):
         for r in out["runs"].values():
             assert r["vocab_ratio"] >= 0.95 * min(r["rate"], 4) and r["bytes_on_disk"] < out["dense"]["bytes_on_disk"]
         assert res.with_suffix(".md").exists() and res.with_suffix(".png").exists()
+        # speeds are taken afterwards in the main process, next to dense (never inside parallel workers)
+        for r in out["runs"].values():
+            assert r["tokens_per_s"] > 0 and r["dense_tokens_per_s_beside"] > 0
+            assert r["speed_vs_dense"] == pytest.approx(r["tokens_per_s"] / r["dense_tokens_per_s_beside"], rel=0.5)
         mtime = res.stat().st_mtime
         assert run() == 0  # resumes: nothing redone
         assert all(json.loads(res.read_text())["runs"][k]["wall_s"] == out["runs"][k]["wall_s"] for k in out["runs"])
