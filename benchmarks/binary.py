@@ -160,17 +160,20 @@ def stage_search(args, wv, sets, work, results) -> None:
     for method in args.search_methods:
         q = binarize(wv.vectors, method, None, seed=0, max_iter=args.max_iter, tol=args.tol)
         P = torch.from_numpy(pack_bits(q.codes)).to(device)
-        t_h, (_, hidx) = timed(lambda: hamming_topk(P[qids.to(device)], P, k + 1))
-        hidx = hidx.cpu()
-        overlap = []
-        for i in range(args.queries):
-            a = [j for j in fidx[i].tolist() if j != int(qids[i])][:k]
-            b = [j for j in hidx[i].tolist() if j != int(qids[i])][:k]
-            overlap.append(len(set(a) & set(b)) / k)
-        rows.append({"method": f"{method} hamming", "bits": q.bits, "seconds": t_h, "queries_per_s": args.queries / t_h,
-                     "database_bytes": int(P.numel()), f"overlap_at_{k}_with_float": float(np.mean(overlap))})
-        print(f"  search {method}: {args.queries / t_h:,.0f} q/s (float {args.queries / t_float:,.0f} q/s), "
-              f"overlap@{k} {np.mean(overlap):.3f}", flush=True)
+        for via in args.search_via:  # popcount of the XOR, or +-1 dot products (same neighbours, other kernels)
+            t_h, (_, hidx) = timed(lambda: hamming_topk(P[qids.to(device)], P, k + 1, via=via))
+            hidx = hidx.cpu()
+            overlap = []
+            for i in range(args.queries):
+                a = [j for j in fidx[i].tolist() if j != int(qids[i])][:k]
+                b = [j for j in hidx[i].tolist() if j != int(qids[i])][:k]
+                overlap.append(len(set(a) & set(b)) / k)
+            label = f"{method} hamming" + ("" if via == "popcount" else f", {via}")
+            rows.append({"method": label, "via": via, "bits": q.bits, "seconds": t_h,
+                         "queries_per_s": args.queries / t_h, "database_bytes": int(P.numel()),
+                         f"overlap_at_{k}_with_float": float(np.mean(overlap))})
+            print(f"  search {label}: {args.queries / t_h:,.0f} q/s (float {args.queries / t_float:,.0f} q/s), "
+                  f"overlap@{k} {np.mean(overlap):.3f}", flush=True)
     results["search" if device.type == "cpu" else f"search_{device.type}"] = {"device": str(device), "threads": torch.get_num_threads(), "queries": args.queries, "k": k,
                          "database_words": n, "repeats": args.repeats, "rows": rows,
                          "note": "median wall time of all queries; each query's own word is excluded from both lists"}
@@ -355,7 +358,8 @@ def markdown(results: dict, cmd: str) -> str:
             L.append(f"| {r['method']} | {r['bits']} | {r['database_bytes']:,} | {r['queries_per_s']:,.0f} | "
                      f"{'-' if ov is None else f'{ov:.3f}'} |")
         fl = se["rows"][0]
-        hs = se["rows"][1:]
+        hs = [r for r in se["rows"][1:] if r.get("via", "popcount") == "popcount"]
+        ms = [r for r in se["rows"][1:] if r.get("via") == "matmul"]
         if hs:
             lo = min(h['queries_per_s'] for h in hs) / fl['queries_per_s']
             hi = max(h['queries_per_s'] for h in hs) / fl['queries_per_s']
@@ -373,6 +377,12 @@ def markdown(results: dict, cmd: str) -> str:
                       f"and runs at {rate} the float search's query rate here: {how} The neighbour lists of 50-bit "
                       "codes overlap little with the float ones (many codes tie at the same distance)."
                       + ("" if "search_cuda" in results else " GPU: add `--device cuda --stages search`.")]
+            if ms:
+                mlo = min(r['queries_per_s'] for r in ms) / fl['queries_per_s']
+                mhi = max(r['queries_per_s'] for r in ms) / fl['queries_per_s']
+                L += ["", f"Through +-1 dot products (`hamming_topk(..., via='matmul')`: database chunks unpacked to "
+                          f"+-1, one matrix product, distance = (c - dot) / 2) the same neighbours come at "
+                          f"{mlo:.2f}-{mhi:.2f}x the float search's query rate."]
         L.append("")
     ds = results.get("downstream")
     if ds:
@@ -434,6 +444,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-max", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--search-via", nargs="+", default=["popcount", "matmul"], choices=["popcount", "matmul"],
+                    help="Hamming top-k kernels to time (lmshrink.binary.hamming_topk's via)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--search-methods", nargs="+", default=["iiq", "itq", "pca-sign", "sign"])

@@ -155,12 +155,15 @@ def test_hamming_search_equals_brute_force(c):
     # the torch SWAR popcount (the GPU path) agrees with the reference too
     x = to_words64(Q)[:, :, None] ^ to_words64(P).T[None]  # (m, w, n)
     assert torch.equal(popcount64(x).sum(1), torch.from_numpy(ref))
-    dist, idx = hamming_topk(Q, P, k=12, budget_bytes=300 * 24 * 3)  # a small budget forces several chunks
-    for i in range(len(q)):
-        order = np.lexsort((np.arange(300), ref[i]))[:12]  # by distance, then index
-        assert idx[i].tolist() == order.tolist()
-        assert dist[i].tolist() == ref[i][order].tolist()
-    assert dist[:5, 0].tolist() == [0] * 5 and idx[:5, 0].tolist() == list(range(5))
+    for via in ("popcount", "matmul"):  # matmul: +-1 dot products, the padding bits cancel
+        dist, idx = hamming_topk(Q, P, k=12, budget_bytes=300 * 24 * 3, via=via)  # small budget: several chunks
+        for i in range(len(q)):
+            order = np.lexsort((np.arange(300), ref[i]))[:12]  # by distance, then index
+            assert idx[i].tolist() == order.tolist(), via
+            assert dist[i].tolist() == ref[i][order].tolist(), via
+        assert dist[:5, 0].tolist() == [0] * 5 and idx[:5, 0].tolist() == list(range(5))
+    with pytest.raises(LmshrinkError, match="via must be"):
+        hamming_topk(Q, P, k=3, via="magic")
 
 
 # --------------------------------------------------------------------------- word similarity

@@ -59,8 +59,9 @@ def test_fused_cudnn_path_equals_pluggable_loop():
     torch.testing.assert_close(fused, loop, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("via", ["popcount", "matmul"])
 @pytest.mark.parametrize("c", [50, 130])
-def test_hamming_topk_on_gpu_equals_brute_force(c):
+def test_hamming_topk_on_gpu_equals_brute_force(c, via):
     import numpy as np
 
     from lmshrink.binary import hamming_topk, pack_bits
@@ -70,7 +71,7 @@ def test_hamming_topk_on_gpu_equals_brute_force(c):
     q = np.concatenate([db[:4], g.random((12, c)) < 0.5])
     ref = (q[:, None, :] != db[None, :, :]).sum(-1)  # (16, 500)
     P, Q = torch.from_numpy(pack_bits(db)).cuda(), torch.from_numpy(pack_bits(q)).cuda()
-    dist, idx = hamming_topk(Q, P, k=10, budget_bytes=500 * 24 * 3)  # several chunks
+    dist, idx = hamming_topk(Q, P, k=10, budget_bytes=500 * 24 * 3, via=via)  # several chunks
     for i in range(len(q)):
         order = np.lexsort((np.arange(500), ref[i]))[:10]  # by distance, then index
         got = idx[i].cpu().numpy()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import check
-from .codes import to_words64
+from .codes import to_words64, unpack_signs
 
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
@@ -53,17 +53,28 @@ def _chunk_rows(n: int, budget_bytes: int, per_entry: int = 24) -> int:
 
 
 @torch.inference_mode()
-def hamming_topk(queries: torch.Tensor, database: torch.Tensor, k: int, budget_bytes: int = 1 << 28):
+def hamming_topk(queries: torch.Tensor, database: torch.Tensor, k: int, budget_bytes: int = 1 << 28,
+                 via: str = "popcount"):
     """k nearest database codes of each query by Hamming distance.
 
     ``queries`` (m, nbytes) and ``database`` (n, nbytes) packed uint8 (see :mod:`lmshrink.binary.codes`), on one
     device. Returns ``(dist (m, k) int64, index (m, k) int64)`` sorted by (distance, index).
+
+    ``via="popcount"`` counts bits of the XOR (POPCNT on CPU, SWAR in torch elsewhere). ``via="matmul"`` uses
+    ``h = (c - <a, b>) / 2`` for +-1 codes: chunks of the database are unpacked to +-1 and one matrix product
+    gives all dot products, which on a GPU is tensor-core work instead of a dozen elementwise integer passes
+    over the (queries, words) distance matrix. Same results; the packed database stays the stored form.
+    On one CPU thread it is 5-6x slower than popcount (``benchmarks/results/binary.md``); it is meant for
+    GPUs, where popcount ran at 0.20x the float search, and it has not been timed on one yet.
     """
     check(queries.dtype == torch.uint8 and database.dtype == torch.uint8, "hamming_topk takes packed uint8 codes")
     check(queries.shape[1] == database.shape[1],
           f"queries have {queries.shape[1]} bytes per code, database {database.shape[1]}")
+    check(via in ("popcount", "matmul"), f"via must be popcount or matmul, got {via!r}")
     n = database.shape[0]
     check(1 <= k <= n, f"k must be in [1, {n}], got {k}")
+    if via == "matmul":
+        return _hamming_topk_matmul(queries.to(database.device), database, k, budget_bytes)
     db = to_words64(database)
     q_all = to_words64(queries.to(database.device))
     if database.device.type == "cpu":
@@ -79,6 +90,29 @@ def hamming_topk(queries: torch.Tensor, database: torch.Tensor, k: int, budget_b
         kv, _ = torch.topk(key, k, dim=1, largest=False, sorted=True)
         out_d.append((kv // n).long())
         out_i.append((kv % n).long())
+    return torch.cat(out_d), torch.cat(out_i)
+
+
+def _hamming_topk_matmul(queries: torch.Tensor, database: torch.Tensor, k: int, budget_bytes: int):
+    """Hamming top-k through +-1 dot products. All nbytes * 8 bits take part: the zero padding of the last
+    byte is the same in every code, adds the same amount to every dot product, and cancels in ``c - <a, b>``."""
+    c = database.shape[1] * 8
+    n = database.shape[0]
+    # fp16 holds every integer up to 2048 exactly and tensor cores accumulate in fp32: exact for c <= 2048
+    dtype = torch.float16 if database.device.type == "cuda" and c <= 2048 else torch.float32
+    q = unpack_signs(queries, c, dtype)  # (m, c)
+    key_dtype = torch.float32 if (c + 1) * n < 2 ** 24 else torch.float64  # exact integer keys
+    ids = torch.arange(n, device=database.device, dtype=key_dtype)
+    out_d, out_i = [], []
+    step = _chunk_rows(n, budget_bytes, per_entry=12)
+    db_step = max(1, budget_bytes // max(1, c * 4))
+    for s in range(0, q.shape[0], step):
+        dots = torch.cat([q[s:s + step] @ unpack_signs(database[j:j + db_step], c, dtype).T
+                          for j in range(0, n, db_step)], dim=1)  # (mq, n)
+        dist = (c - dots.to(key_dtype)) / 2  # exact integers
+        kv, _ = torch.topk(dist * n + ids, k, dim=1, largest=False, sorted=True)  # by (distance, index)
+        out_d.append(torch.div(kv, n, rounding_mode="floor").long())
+        out_i.append(torch.remainder(kv, n).long())
     return torch.cat(out_d), torch.cat(out_i)
 
 
