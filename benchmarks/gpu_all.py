@@ -9,7 +9,8 @@ checkpoints and results JSON:
 2. As soon as a baseline exists, the benchmarks that stand on it start:
    - ``vocab.py`` on PTB small, PTB large and WikiText-2 medium (embedding + softmax, issue 3), 3 runs at a time;
    - ``recurrent.py`` on PTB medium at 25x, then 10x and 50x, and on PTB small at 25x (LSTM layers, issue 4).
-3. ``binary.py --stages search`` on the GPU (Hamming vs float cosine search, issue 6), into its own JSON: merge its
+3. ``gpu_tests``: ``pytest -m gpu`` (cuDNN vs loop, CUDA-graph replay, CUDA Hamming kernels), log and JUnit XML kept.
+4. ``binary.py --stages search`` on the GPU (Hamming vs float cosine search, issue 6), into its own JSON: merge its
    ``search_cuda`` entry into ``binary.json`` and rerun ``binary.py --report-only``.
 
 Every stage stops cleanly before ``--time-limit`` (checkpoints saved; a stage that overruns gets SIGINT
@@ -100,6 +101,11 @@ def stages(args) -> list[dict]:
                     "argv": [py, f"{b}/recurrent.py", "--baseline", str(model_dir[base]), "--preset", preset,
                              "--corpus", "ptb", *common, "--ratios", ratios, *rec_opts, *methods,
                              "--out", str(res / "recurrent.json"), "--work", str(Path(args.work) / f"recurrent-{tag}")]})
+    if not args.smoke:  # the GPU test suite (tests/test_gpu.py, -m gpu) as a record: GPU-only code paths
+        # (cuDNN vs loop, CUDA-graph replay, CUDA Hamming kernels) are checked nowhere else
+        out.append({"name": "gpu_tests", "needs": [], "after": [], "timed": False,
+                    "argv": [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(ROOT / "tests"),
+                             "--junitxml", str(res / "gpu_tests.xml")]})
     if not args.smoke:  # issue 6: Hamming vs float cosine search on the GPU (needs DATA/glove-6b-50d and wordsim/)
         out.append({"name": "binary_search_cuda", "needs": [], "after": [], "timed": False,
                     "argv": [py, f"{b}/binary.py", "--data", args.data, "--device", args.device, "--stages", "search",
@@ -118,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vocab-epochs", type=int, default=2, help="retraining epochs of each vocab.py run")
     ap.add_argument("--recurrent-epochs", type=int, default=6, help="retraining epochs of each recurrent.py run")
     ap.add_argument("--vocab-jobs", type=int, default=3, help="vocab.py runs at a time on one baseline")
-    ap.add_argument("--only", default=None, help="comma list of stage names to run")
+    ap.add_argument("--only", default=None, help="comma list of stage names to run (lstm_speed: the LSTM path probe, "
+                                                 "run first on a quiet GPU)")
     ap.add_argument("--cuda-graph", action="store_true", help="baselines train with the step captured as a CUDA graph")
     ap.add_argument("--baselines", default=None,
                     help=f"comma list of baselines the baselines stage trains (default all: {', '.join(BASELINES)})")
@@ -175,7 +182,8 @@ def main(argv=None) -> int:
 
     res = Path(args.results)
     speed_file = res / "lstm_path_speed.json"
-    if not args.smoke and args.device == "cuda" and not speed_file.exists() and not args.only:
+    wants_speed = not args.only or "lstm_speed" in args.only.split(",")
+    if not args.smoke and args.device == "cuda" and not speed_file.exists() and wants_speed:
         # first, on a quiet GPU: nn.LSTM vs our fused path vs the pluggable loop (about a minute)
         with open(logs / "lstm_speed.log", "a") as log:
             try:
@@ -210,7 +218,7 @@ def main(argv=None) -> int:
             # 0: all done; recurrent.py: 1 = done but some run failed (recorded in its JSON), 3 = paused at its limit
             produced = next(s for s in todo if s["name"] == "baselines")["produces"] if name == "baselines" else []
             done = (all((Path(d) / "manifest.json").is_file() for d in produced) if name == "baselines"
-                    else rc == 0 or (rc == 1 and "recurrent" in name))
+                    else rc == 0 or (rc == 1 and ("recurrent" in name or name == "gpu_tests")))  # failures are recorded
             print(f"[{time.monotonic() - t0:6.0f}s] {name}: {'finished' if done else 'stopped'} (exit {rc})", flush=True)
             if done:
                 finished.add(name)
