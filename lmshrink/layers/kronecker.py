@@ -43,14 +43,21 @@ def kron_dense(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 
 
 def kron_matvec(A: torch.Tensor, B: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(sum_t A_t (x) B_t) x`` for x (..., n1 n2) -> (..., m1 m2), never forming the product."""
+    """``(sum_t A_t (x) B_t) x`` for x (..., n1 n2) -> (..., m1 m2), never forming the product.
+
+    With X = vec^-1(x) (n1, n2), the product is ``sum_t A_t X B_t^T`` (Van Loan 2000). Both steps are single
+    plain matrix products over all terms at once: ``X [B_1^T ... B_T^T]`` then ``[A_1 ... A_T]`` times the
+    stacked results, which sums over t inside the GEMM. Why not a batched matmul per term and a sum: that
+    was 2-2.5x slower on CPU for 4 or more rows (26 terms of a 2600x650 LSTM map, one thread).
+    """
     T, m1, n1 = A.shape
     _, m2, n2 = B.shape
     lead = x.shape[:-1]
-    X = x.reshape(-1, 1, n1, n2)  # (N, 1, n1, n2): row-major vec^-1
-    Z = torch.matmul(X, B.transpose(1, 2))  # (N, T, n1, m2) = X B_t^T
-    Y = torch.matmul(A, Z)  # (N, T, m1, m2) = A_t X B_t^T
-    return Y.sum(1).reshape(*lead, m1 * m2)
+    X = x.reshape(-1, n2)  # (N n1, n2): row-major vec^-1 of each row, stacked
+    Bc = B.permute(2, 0, 1).reshape(n2, T * m2)  # (n2, T m2) = [B_1^T ... B_T^T]
+    Z = (X @ Bc).reshape(-1, n1, T, m2).transpose(1, 2).reshape(-1, T * n1, m2)  # (N, T n1, m2): X B_t^T stacked
+    Ac = A.transpose(0, 1).reshape(m1, T * n1)  # (m1, T n1) = [A_1 ... A_T]
+    return torch.matmul(Ac, Z).reshape(*lead, m1 * m2)  # sum_t A_t X B_t^T
 
 
 def rearrange(W: torch.Tensor, a_shape, b_shape) -> torch.Tensor:
