@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -157,3 +161,35 @@ def test_bad_input():
             make_config("groupreduce", ratio=4, **bad)
     with pytest.raises(LmshrinkError):
         make_config("groupreduce")
+
+
+def test_sweep_script_picks_on_validation_and_writes_its_table(tmp_path):
+    # benchmarks/groupreduce_sweep.py on a made-up corpus and an untrained model: every row present, finite
+    import importlib.util
+
+    from lmshrink.data import load_corpus
+    from lmshrink.io import save_model_dir
+    from lmshrink.models import LSTMLanguageModel
+
+    words = [f"w{i}" for i in range(60)]
+    text = "".join(" " + " ".join(words[(i * 7 + j) % 60] for j in range(1 + i % 9)) + " \n" for i in range(400))
+    root = tmp_path / "data" / "ptb"
+    root.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (root / f"ptb.{split}.txt").write_text(text)
+    corpus = load_corpus("ptb", tmp_path / "data", verify=False)
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(len(corpus.vocab), hidden=16, layers=1, init_scale=0.1)
+    save_model_dir(model, tmp_path / "m", vocab=corpus.vocab)
+    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "benchmarks" / "groupreduce_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "sweep.json"
+    assert mod.main(["--baseline", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--no-verify", "--ratios", "3",
+                     "--blocks", "2,4", "--rules", "frequency", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["split"] == "valid" and not res["retrained"]
+    assert [r["label"] for r in res["rows"]] == ["prune @3x", "svd @3x", "groupreduce @3x blocks=2 rule=frequency",
+                                                 "groupreduce @3x blocks=4 rule=frequency"]
+    assert all(math.isfinite(r["valid_ppl"]) for r in res["rows"])
+    assert out.with_suffix(".md").read_text().count("| groupreduce") == 2
