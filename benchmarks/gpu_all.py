@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def stages(args) -> list[dict]:
         rec_opts = ["--epochs", "1", "--max-steps", "6", "--methods", "doped_kp,kp", "--jobs", "2", "--no-cpu-latency"]
     else:
         vocab_opts = ["--finetune-epochs", str(args.vocab_epochs), "--methods", "groupreduce,groupreduce_q,svd,quantize,prune",
-                      "--jobs", str(args.vocab_jobs)]
+                      "--jobs", str(args.vocab_jobs), *shlex.split(args.vocab_options)]
         rec_opts = ["--epochs", str(args.recurrent_epochs), "--jobs", "6"]
     out = [{"name": "baselines", "needs": [], "after": [], "produces": [model_dir[k] for k in wanted],
             "argv": [py, f"{b}/baselines.py", "--runs", *runs, "--models", str(models), *common,
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vocab.py methods on PTB large and WikiText-2 medium")
     ap.add_argument("--big-vocab-rates", default="6.6", help="vocab.py --rates on PTB large and WikiText-2 medium")
     ap.add_argument("--big-vocab-gq-rates", default="26", help="vocab.py --gq-rates on PTB large and WikiText-2 medium")
+    ap.add_argument("--vocab-options", default="",
+                    help="more vocab.py options, e.g. \"--num-blocks 10 --rank-rule sqrt_frequency\" (groupreduce_sweep.py picks them)")
     ap.add_argument("--sweep-methods", default="doped_kp,kp,prune,lmf",
                     help="recurrent.py methods of the 10x/50x stage (25x runs every method)")
     ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")

@@ -39,6 +39,10 @@ def test_baselines_option_trains_only_the_named_baselines():
     runs = base["argv"][base["argv"].index("--runs") + 1:base["argv"].index("--models")]
     assert runs == ["ptb:large", "wikitext-2:medium"]
     assert [p.name for p in base["produces"]] == ["ptb-large", "wikitext-2-medium"]
+    args.vocab_options = "--num-blocks 10 --rank-rule sqrt_frequency"
+    vocab = next(st for st in gpu_all.stages(args) if st["name"] == "vocab_ptb_small")
+    i = vocab["argv"].index("--num-blocks")
+    assert vocab["argv"][i:i + 4] == ["--num-blocks", "10", "--rank-rule", "sqrt_frequency"]
     args.baselines = "ptb-huge"
     with pytest.raises(SystemExit, match="unknown baseline"):
         gpu_all.stages(args)
