@@ -17,7 +17,7 @@ from .errors import check
 from .io import load_model_dir, read_manifest, save_model_dir
 from .measure import bytes_on_disk, layer_rows, lm_tokens_per_second, totals
 from .models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict
-from .train.lm import evaluate_ppl, finetune_lm, remove_checkpoint, resolve_device, train_lm
+from .train.lm import evaluate_ppl, finetune_lm, remove_checkpoint, resolve_device, seed_everything, train_lm
 
 
 def speed_of(model, vocab_size: int, device: torch.device) -> dict:
@@ -48,6 +48,7 @@ def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_ste
         check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
     c = load_corpus(corpus, data_dir)
     recipe: Preset = PRESETS[preset]
+    seed_everything(seed)  # the initial weights follow --seed too, not whatever drew random numbers before
     model = build_from_preset(preset, len(c.vocab), tie_weights=tie_weights)
     log(f"training {preset} LSTM LM on {corpus} ({len(c.vocab)} words, {c.train.numel():,} train tokens) on {dev}")
     res = train_lm(model, c, recipe, out_dir=out, device=dev, epochs=epochs, max_steps=max_steps, seed=seed,

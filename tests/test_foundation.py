@@ -836,3 +836,20 @@ def test_manifest_json_is_readable_and_compact(tmp_path):
     manifest = (tmp_path / "m" / "manifest.json").read_text()
     assert json.loads(manifest)["vocab"]["words"][:2] == ["w0", "w1"]
     assert manifest.count("\n") < 200  # 50 words would be 100+ lines one per line
+
+
+def test_train_and_save_initialises_from_its_seed_whatever_ran_before(tmp_path, monkeypatch):
+    # the initial weights must follow --seed, not the state of the global RNG when training was called
+    import lmshrink.workflows as wf
+
+    real = wf.load_corpus
+    monkeypatch.setattr(wf, "load_corpus", lambda name, data: real(name, data, verify=False))  # made-up corpus
+    root = write_corpus(tmp_path / "data", train=pattern_text(), valid=pattern_text(12), test=pattern_text(12))
+    weights = []
+    for k, noise in enumerate((1, 12345)):
+        torch.manual_seed(noise)  # someone drew random numbers before
+        torch.rand(7)
+        wf.train_and_save("ptb", root, "tiny", tmp_path / f"m{k}", max_steps=2, device="cpu", precision="fp32",
+                          seed=3, progress=False, log=lambda *_: None)
+        weights.append(load_model_dir(tmp_path / f"m{k}")[0].state_dict())
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
