@@ -50,7 +50,7 @@ from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, totals  # noqa
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
-from lmshrink.train.lm import evaluate_ppl, finetune_lm, resolve_device, train_lm  # noqa: E402
+from lmshrink.train.lm import evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm  # noqa: E402
 
 METHODS = ("svd", "prune", "prune_agp", "quantize", "groupreduce", "groupreduce_q")
 GQ_GROUP = 128  # values per fp16 (scale, min) when GroupReduce factors are quantized
@@ -142,6 +142,7 @@ def load_or_train_baseline(args, device, work: Path, log):
         log(f"baseline: loaded {out}")
     else:
         log(f"baseline: training {args.preset} on {args.corpus} in-process ({args.train_epochs or recipe.epochs} epochs)")
+        seed_everything(args.seed)  # the initial weights follow --seed
         model = build_from_preset(args.preset, len(corpus.vocab))
         res = train_lm(model, corpus, recipe, out_dir=out, device=device, epochs=args.train_epochs,
                        max_steps=args.max_steps, seed=args.seed, progress=args.progress, precision=args.precision, log=log)
