@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,26 +43,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dense, manifest = load_model_dir(args.baseline)
+    plan = []  # (label, config): every config is built (and validated) before anything runs
+    for r in [float(x) for x in args.ratios.split(",")]:
+        plan.append((f"prune @{r:g}x", dict(method="prune", ratio=r)))
+        plan.append((f"svd @{r:g}x", dict(method="svd", ratio=r)))
+        for b, rule in itertools.product([int(x) for x in args.blocks.split(",")], args.rules.split(",")):
+            plan.append((f"groupreduce @{r:g}x blocks={b} rule={rule}",
+                         dict(method="groupreduce", ratio=r, num_blocks=b, rank_rule=rule)))
+    configs = [(label, cfg, make_config(**cfg)) for label, cfg in plan]
+    dense, _ = load_model_dir(args.baseline)
     corpus = load_corpus(args.corpus, args.data, verify=not args.no_verify)
     counts = corpus.vocab.counts_tensor()
     valid = corpus.splits["valid"]
     t0 = time.time()
     d = evaluate_ppl(dense, valid, 10, 35)
     rows = []
-
-    def run(label, **cfg):
+    for label, cfg, config in configs:
         model = copy.deepcopy(dense)
-        compress(model, Plan({n: make_config(**cfg) for n in ("encoder", "decoder")}), {"word_counts": counts})
+        compress(model, Plan({n: config for n in ("encoder", "decoder")}), {"word_counts": counts})
         p = evaluate_ppl(model, valid, 10, 35)
         rows.append({"label": label, "config": cfg, "valid_ppl": p, "vs_dense_pct": 100 * (p / d - 1)})
         print(f"{label:<40} valid ppl {p:8.2f} ({100 * (p / d - 1):+.1f}%)", flush=True)
-
-    for r in [float(x) for x in args.ratios.split(",")]:
-        run(f"prune @{r:g}x", method="prune", ratio=r)
-        run(f"svd @{r:g}x", method="svd", ratio=r)
-        for b, rule in itertools.product([int(x) for x in args.blocks.split(",")], args.rules.split(",")):
-            run(f"groupreduce @{r:g}x blocks={b} rule={rule}", method="groupreduce", ratio=r, num_blocks=b, rank_rule=rule)
     out = {"baseline": str(args.baseline), "dense_valid_ppl": d, "rows": rows, "split": "valid", "retrained": False,
            "versions": versions(), "threads": torch.get_num_threads(), "wall_s": time.time() - t0}
     write_json_atomic(args.out, out)
@@ -78,4 +78,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmshrink.errors import LmshrinkError
+
+    try:
+        sys.exit(main())
+    except LmshrinkError as e:  # a bad ratio, block count, rule, model or data directory: one line
+        print(f"groupreduce_sweep.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
