@@ -49,15 +49,26 @@ def lstm_path_speed(device: str, hidden: int = 650, vocab: int = 10000, batch: i
             y, s = self.rnn(self.encoder(x), state)
             return self.decoder(y), s
 
+    def tokens_per_s(step, batch_size: int) -> float:
+        """Median tokens/s of ``step()`` over ``steps`` calls after 5 untimed ones (warm-up, graph capture)."""
+        times = []
+        for i in range(steps + 5):
+            torch.cuda.synchronize() if dev.type == "cuda" else None
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize() if dev.type == "cuda" else None
+            if i >= 5:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        return bptt * batch_size / times[len(times) // 2]
+
     def timed(model, train: bool, batch_size: int):
         x = torch.randint(0, vocab, (bptt, batch_size), device=dev)
         y = torch.randint(0, vocab, (bptt, batch_size), device=dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         model.train(train)
-        times = []
-        for i in range(steps + 5):
-            torch.cuda.synchronize() if dev.type == "cuda" else None
-            t0 = time.perf_counter()
+
+        def step():
             with torch.set_grad_enabled(train):
                 logits, _ = model(x)
                 if train:
@@ -65,11 +76,8 @@ def lstm_path_speed(device: str, hidden: int = 650, vocab: int = 10000, batch: i
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-            torch.cuda.synchronize() if dev.type == "cuda" else None
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        return bptt * batch_size / times[len(times) // 2]
+
+        return tokens_per_s(step, batch_size)
 
     def timed_graph(model, batch_size: int):
         """Training steps of our fused path captured once as a CUDA graph (lmshrink train --cuda-graph)."""
@@ -80,16 +88,7 @@ def lstm_path_speed(device: str, hidden: int = 650, vocab: int = 10000, batch: i
         model.train()
         step = StaticLMStep(model, list(model.parameters()), bptt, batch_size, 5.0, dev, capture=True)
         step.set_lr(0.1)
-        times = []
-        for i in range(steps + 5):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step(x, y)
-            torch.cuda.synchronize()
-            if i >= 5:  # the first steps warm up and capture
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        return bptt * batch_size / times[len(times) // 2]
+        return tokens_per_s(lambda: step(x, y), batch_size)
 
     ours = LSTMLanguageModel(vocab, hidden, 2).to(dev)
     ref = TorchLSTMLM().to(dev)

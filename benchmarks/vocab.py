@@ -113,7 +113,6 @@ def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, lo
             d = speed(dense, vocab_size, device)
             c = speed(model, vocab_size, device)
             pairs.append((c, d))
-        dense.to(device)
         r["tokens_per_s"] = statistics.median(c for c, _ in pairs)
         r["dense_tokens_per_s_beside"] = statistics.median(d for _, d in pairs)
         r["speed_vs_dense"] = statistics.median(c / d for c, d in pairs)
