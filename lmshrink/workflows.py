@@ -44,8 +44,9 @@ def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_ste
     check(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     dev = resolve_device(device)
     if cuda_graph:  # before any data is read: a wrong flag should cost nothing
-        check(dev.type == "cuda", "--cuda-graph needs a CUDA device")
-        check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
+        from .train.graphed import check_graphable
+
+        check_graphable(dev, precision)
     c = load_corpus(corpus, data_dir)
     recipe: Preset = PRESETS[preset]
     seed_everything(seed)  # the initial weights follow --seed too, not whatever drew random numbers before

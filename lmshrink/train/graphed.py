@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from ..errors import check
 from ..models.lstm_lm import lm_loss
 
 
@@ -116,6 +117,12 @@ class StaticLMStep:
                 return self.loss
         self.graph.replay()
         return self.loss
+
+
+def check_graphable(device: torch.device, precision: str) -> None:
+    """The settings ``--cuda-graph`` needs; one clear error otherwise (checked before any data is read)."""
+    check(device.type == "cuda", "--cuda-graph needs a CUDA device")
+    check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
 
 
 def graph_ready(model: nn.Module) -> str | None:

@@ -190,10 +190,9 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
     amp = autocast_for(device, precision)
     static = None  # the captured step, when cuda_graph
     if cuda_graph:
-        from .graphed import StaticLMStep, graph_ready
+        from .graphed import StaticLMStep, check_graphable, graph_ready
 
-        check(device.type == "cuda", "--cuda-graph needs a CUDA device")
-        check(precision == "fp32", "--cuda-graph trains in fp32 (TF32 matmuls) only: add --precision fp32")
+        check_graphable(device, precision)
         why = graph_ready(model)
         check(why is None, f"--cuda-graph cannot capture this model: {why}")
         static = StaticLMStep(model, params, recipe.bptt, recipe.batch_size, recipe.max_grad_norm, device, capture=True)
