@@ -26,6 +26,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # lmshrink without
 
 PUBLISHED = {("ptb", "small"): 115.91, ("ptb", "medium"): 82.07, ("ptb", "large"): 78.29}
 
+# The peer of issue 2, measured on one H100 here: pytorch/examples word_language_model, PTB 2x650 LSTM, dropout 0.5,
+# 39 epochs (its own recipe: lr 20 divided by 4 on a validation plateau, clip 0.25, untied), test ppl 81.18 in 5 min 55 s.
+PEER = {"name": "pytorch/examples word_language_model (2x650, dropout 0.5, 39 epochs, untied)", "corpus": "ptb",
+        "preset": "medium", "test_ppl": 81.18, "wall_s": 355.0}
+
+PRECISIONS = ("auto", "fp32", "bf16")
+RUN_OPTIONS = ("tied", "graph")
+
+
+def parse_run(spec: str, precision: str) -> dict:
+    """``corpus:preset[:option...]``; options: a precision (auto, fp32, bf16), ``tied`` (--tie-weights),
+    ``graph`` (--cuda-graph). The run's name is ``corpus-preset`` plus its options, so variants never share a
+    model directory."""
+    corpus, preset, *opts = (spec.split(":") + [""])[:max(2, spec.count(":") + 1)]
+    bad = [o for o in opts if o not in PRECISIONS + RUN_OPTIONS]
+    if not corpus or not preset or bad or len([o for o in opts if o in PRECISIONS]) > 1 or len(set(opts)) != len(opts):
+        raise SystemExit(f"bad run {spec!r}: corpus:preset[:option...], options: one of {', '.join(PRECISIONS)}, "
+                         f"{', '.join(RUN_OPTIONS)}")
+    own = next((o for o in opts if o in PRECISIONS), None)
+    return {"corpus": corpus, "preset": preset, "precision": own or precision, "tied": "tied" in opts,
+            "graph": "graph" in opts, "name": "-".join([corpus, preset, *opts])}
+
 
 def lstm_path_speed(device: str, hidden: int = 650, vocab: int = 10000, batch: int = 20, bptt: int = 35,
                     steps: int = 30) -> dict:
@@ -132,6 +154,18 @@ def markdown(results: dict) -> str:
                          f"{r['train_tokens_per_s']:,.0f} |")
     if results.get("note"):
         lines += ["", results["note"]]
+    race = sorted((n, r) for n, r in results["runs"].items() if (r["corpus"], r["preset"]) == (PEER["corpus"], PEER["preset"]))
+    if race:  # issue 2: match the peer's perplexity in less time
+        lines += ["", f"Against the peer, {PEER['name']}: test ppl {PEER['test_ppl']} in {PEER['wall_s'] / 60:.1f} min "
+                  "on one H100 (its own recipe; our runs use Zaremba's):", "",
+                  "| run | tied | CUDA graph | trained beside | test ppl | vs peer | wall min | vs peer | params |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n, r in race:
+            beside = [o for o in r.get("concurrent_runs", []) if o != n]
+            lines.append(f"| {n} | {'yes' if r.get('tied') else 'no'} | {'yes' if r.get('cuda_graph') else 'no'} | "
+                         f"{', '.join(beside) if beside else ('nothing' if 'concurrent_runs' in r else '?')} | "
+                         f"{r['test_ppl']:.2f} | {r['test_ppl'] - PEER['test_ppl']:+.2f} | {r['wall_s'] / 60:.1f} | "
+                         f"{r['wall_s'] / PEER['wall_s']:.2f}x | {r['params']:,} |")
     speed = results.get("lstm_path_speed")
     if speed:
         lines += ["", f"LSTM paths, tokens/s ({speed['config'].get('gpu') or speed['config']['device']}, hidden "
@@ -150,7 +184,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--runs", nargs="*", default=["ptb:small", "ptb:medium", "ptb:large", "wikitext-2:medium"],
-                    help="corpus:preset[:precision] entries")
+                    help="corpus:preset[:option...] entries; options: auto|fp32|bf16 (precision), tied (--tie-weights), "
+                         "graph (--cuda-graph)")
     ap.add_argument("--models", default="runs/baselines", help="where model directories go")
     ap.add_argument("--results", default="benchmarks/results/baselines.json")
     ap.add_argument("--logs", default=None, help="folder for per-run logs (default: next to the models)")
@@ -169,10 +204,9 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     results = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {"runs": {}}
     procs = {}
-    for spec in args.runs:
-        corpus, preset, *rest = spec.split(":")
-        precision = rest[0] if rest else args.precision
-        name = f"{corpus}-{preset}" + (f"-{precision}" if rest else "")
+    runs = [parse_run(spec, args.precision) for spec in args.runs]  # all checked before anything starts
+    for run in runs:
+        corpus, preset, precision, name = run["corpus"], run["preset"], run["precision"], run["name"]
         out_dir = models / name
         if (out_dir / "manifest.json").exists():
             print(f"{name}: finished earlier, not retrained")
@@ -181,10 +215,12 @@ def main() -> int:
                "--out", str(out_dir), "--device", args.device, "--precision", precision, "--json", "--no-progress"]
         if args.max_steps:
             cmd += ["--max-steps", str(args.max_steps)]
-        if args.cuda_graph:
+        if args.cuda_graph or run["graph"]:
             cmd += ["--cuda-graph"]
+        if run["tied"]:
+            cmd += ["--tie-weights"]
         log = open(logs / f"{name}.log", "a")
-        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True), (corpus, preset, precision), cmd)
+        procs[name] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True), run, cmd)
         print(f"started {name}: {' '.join(cmd)}", flush=True)
 
     if args.speed:
@@ -211,13 +247,16 @@ def main() -> int:
     except KeyboardInterrupt:  # our own Ctrl-C: stop the runs cleanly and still record what finished
         stop_all("interrupted")
 
-    for name, (p, (corpus, preset, precision), cmd) in procs.items():
+    for name, (p, run, cmd) in procs.items():
         stdout = p.stdout.read() if p.stdout else ""
         if p.returncode == 0 and stdout.strip():
             m = json.loads(stdout)
             manifest = json.loads((models / name / "manifest.json").read_text())
+            corpus, preset = run["corpus"], run["preset"]
             results["runs"][name] = {
-                "corpus": corpus, "preset": preset, "precision": precision, "test_ppl": m["test_ppl"],
+                "corpus": corpus, "preset": preset, "precision": run["precision"], "tied": run["tied"],
+                "cuda_graph": bool(args.cuda_graph or run["graph"]), "when": time.strftime("%Y-%m-%d"),
+                "concurrent_runs": sorted(procs), "test_ppl": m["test_ppl"],
                 "valid_ppl": m["valid_ppl"], "published_test_ppl": PUBLISHED.get((corpus, preset)),
                 "epochs": m["epochs"], "wall_s": m["wall_s"], "train_tokens_per_s": m["train_tokens_per_s"],
                 "tokens_per_s": m["tokens_per_s"], "speed": m["speed"], "params": m["params"], "bits": m["bits"],

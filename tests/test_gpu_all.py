@@ -74,3 +74,19 @@ def test_every_stage_argv_parses_under_its_script(smoke, monkeypatch):
             mod.main(argv) if script != "baselines" else mod.main()
         monkeypatch.undo()
         assert seen["extra"] == [], f"{s['name']}: {script}.py does not know {seen['extra']}"
+
+
+def test_baseline_run_specs_carry_tying_and_graph_into_the_name_and_the_table():
+    baselines = load("baselines")
+    run = baselines.parse_run("ptb:medium:fp32:tied:graph", "auto")
+    assert (run["precision"], run["tied"], run["graph"], run["name"]) == ("fp32", True, True, "ptb-medium-fp32-tied-graph")
+    assert baselines.parse_run("ptb:medium", "bf16")["name"] == "ptb-medium"  # the old names stay
+    for bad in ("ptb", "ptb:", "ptb:medium:foo", "ptb:medium:fp32:bf16", "ptb:medium:tied:tied"):
+        with pytest.raises(SystemExit, match="bad run"):
+            baselines.parse_run(bad, "auto")
+    row = dict(corpus="ptb", preset="medium", test_ppl=80.0, valid_ppl=83.0, epochs=39, wall_s=300.0,
+               train_tokens_per_s=1.0, params=10, bytes_on_disk=40, published_test_ppl=82.07)
+    table = baselines.markdown({"runs": {"ptb-medium-fp32-tied-graph": {**row, "tied": True, "cuda_graph": True,
+                                                                        "concurrent_runs": ["ptb-medium-fp32-tied-graph"]}}})
+    peer_row = next(line for line in table.splitlines() if line.startswith("| ptb-medium-fp32-tied-graph | yes"))
+    assert "| nothing | 80.00 | -1.18 | 5.0 | 0.85x |" in peer_row
