@@ -67,7 +67,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu",
                          batch_size: int = 1, seq_len: int = 35, warmup: int = 3, repeats: int = 10,
                          autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool = False) -> dict:
@@ -78,10 +77,17 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     way to serve a compressed LSTM: each window rebuilds the dense LSTM weights from the compact maps
     and runs the fused kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call).
     """
+    device = torch.device(device)
+    # moved before inference mode: a module moved inside it gets inference-tensor parameters and buffers,
+    # which the caller can then neither train nor version-check (a GPU-only crash, 2026-11-23)
+    model = model.to(device).eval()
+    with torch.inference_mode():
+        return _time_windows(model, vocab_size, device, batch_size, seq_len, warmup, repeats, autocast_dtype, seed, fused)
+
+
+def _time_windows(model, vocab_size, device, batch_size, seq_len, warmup, repeats, autocast_dtype, seed, fused) -> dict:
     from .models.lstm_lm import fused_lstm
 
-    device = torch.device(device)
-    model = model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
     windows = [torch.randint(0, vocab_size, (seq_len, batch_size), generator=g).to(device) for _ in range(4)]
     state = model.init_state(batch_size, device)

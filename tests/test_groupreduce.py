@@ -193,3 +193,38 @@ def test_sweep_script_picks_on_validation_and_writes_its_table(tmp_path):
                                                  "groupreduce @3x blocks=4 rule=frequency"]
     assert all(math.isfinite(r["valid_ppl"]) for r in res["rows"])
     assert out.with_suffix(".md").read_text().count("| groupreduce") == 2
+
+
+def test_layer_runs_with_buffers_made_under_inference_mode():
+    """On the GPU, a model moved to CUDA inside inference_mode gets inference-tensor buffers, which keep no
+    version counter: the index cache must still work (vocab.py's speed pass crashed on it, 2026-11-23)."""
+    torch.manual_seed(0)
+    V, D = 200, 16
+    layer = apply(torch.randn(V, D), zipf(V), "embedding", ratio=4, num_blocks=3)
+    ids = torch.randint(0, V, (5, 2))
+    want = layer(ids).detach()
+    with torch.inference_mode():
+        layer.word_pos = layer.word_pos.clone()  # what .to(device) does to a buffer in inference mode
+        torch.testing.assert_close(layer(ids), want)
+        torch.testing.assert_close(layer.project(torch.ones(2, D)), torch.ones(2, D) @ layer.dense_weight().t())
+
+
+def test_speed_measurement_leaves_the_model_trainable():
+    """lm_tokens_per_second moves the model before entering inference mode: parameters stay ordinary tensors."""
+    from lmshrink.measure import lm_tokens_per_second
+    from lmshrink.models.lstm_lm import LSTMLanguageModel
+
+    model = LSTMLanguageModel(50, 8, 1)
+    seen = {}
+    real_to = torch.nn.Module.to
+
+    def to(self, *a, **k):  # record whether .to ran in inference mode (on the CPU it is a no-op either way)
+        seen.setdefault("inference", torch.is_inference_mode_enabled())
+        return real_to(self, *a, **k)
+
+    torch.nn.Module.to = to
+    try:
+        lm_tokens_per_second(model, 50, repeats=1, warmup=0)
+    finally:
+        torch.nn.Module.to = real_to
+    assert seen == {"inference": False}

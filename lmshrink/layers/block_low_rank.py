@@ -85,6 +85,7 @@ class _BlockLowRank(CompressedLayer):
         V = torch.cat(V_blocks, 0).float()
         assert U.numel() == self.u_len and tuple(V.shape) == (self.r_total, self.dim)
         self.word_pos.copy_(word_pos.to(self.word_pos.dtype))
+        self._cache = {}
         if self.nbits is None:
             self.U.copy_(U)
             self.V.copy_(V)
@@ -99,7 +100,10 @@ class _BlockLowRank(CompressedLayer):
 
     def _index(self, device) -> dict:
         """Derived int64 index tensors, cached per device and per version of ``word_pos``."""
-        key = (device, self.word_pos._version, self.word_pos.data_ptr())
+        # an inference tensor (a buffer moved under inference_mode) keeps no version counter; ``set_factors``
+        # clears the cache itself, so the data pointer is enough there
+        version = -1 if torch.is_inference(self.word_pos) else self.word_pos._version
+        key = (device, version, self.word_pos.data_ptr())
         if self._cache.get("key") != key:
             dev = device
             ranks = torch.tensor(self.ranks, device=dev)
