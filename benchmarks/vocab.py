@@ -276,6 +276,9 @@ def targets(results: dict) -> list[str]:
     for rate in sorted({r["rate"] for r in done if r["method"] == "groupreduce"}):
         g = next(r for r in done if r["method"] == "groupreduce" and r["rate"] == rate)
         rivals = [r for r in done if r["method"] in ("svd", "prune", "prune_agp") and r["rate"] == rate]
+        if not rivals:
+            out.append(f"- {rate:g}x: groupreduce {g['test_ppl_after']:.2f} (no SVD or pruning run at this rate)")
+            continue
         worse = [r["method"] for r in rivals if r["test_ppl_after"] <= g["test_ppl_after"]]
         out.append(f"- {rate:g}x: groupreduce {g['test_ppl_after']:.2f} vs " + ", ".join(
             f"{r['method']} {r['test_ppl_after']:.2f}" for r in rivals) + (" (better than all)" if rivals and not worse

@@ -40,14 +40,14 @@ def _corpus_for(manifest: dict, data_dir, corpus: str | None = None):
 
 def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_steps=None, device="auto",
                    precision="auto", seed=0, tie_weights=False, resume=True, progress=True, log=print,
-                   cuda_graph=False) -> dict:
+                   cuda_graph=False, verify=True) -> dict:
     check(preset in PRESETS, f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     dev = resolve_device(device)
     if cuda_graph:  # before any data is read: a wrong flag should cost nothing
         from .train.graphed import check_graphable
 
         check_graphable(dev, precision)
-    c = load_corpus(corpus, data_dir)
+    c = load_corpus(corpus, data_dir, verify=verify)
     recipe: Preset = PRESETS[preset]
     seed_everything(seed)  # the initial weights follow --seed too, not whatever drew random numbers before
     model = build_from_preset(preset, len(c.vocab), tie_weights=tie_weights)

@@ -843,7 +843,7 @@ def test_train_and_save_initialises_from_its_seed_whatever_ran_before(tmp_path, 
     import lmshrink.workflows as wf
 
     real = wf.load_corpus
-    monkeypatch.setattr(wf, "load_corpus", lambda name, data: real(name, data, verify=False))  # made-up corpus
+    monkeypatch.setattr(wf, "load_corpus", lambda name, data, verify=True: real(name, data, verify=False))  # made-up corpus
     root = write_corpus(tmp_path / "data", train=pattern_text(), valid=pattern_text(12), test=pattern_text(12))
     weights = []
     for k, noise in enumerate((1, 12345)):

@@ -90,3 +90,32 @@ def test_baseline_run_specs_carry_tying_and_graph_into_the_name_and_the_table():
                                                                         "concurrent_runs": ["ptb-medium-fp32-tied-graph"]}}})
     peer_row = next(line for line in table.splitlines() if line.startswith("| ptb-medium-fp32-tied-graph | yes"))
     assert "| nothing | 80.00 | -1.18 | 5.0 | 0.85x |" in peer_row
+
+
+def test_baselines_script_trains_variants_and_remembers_who_ran_beside(tmp_path):
+    """baselines.py on the CPU, tiny preset, two steps: a tied variant gets its own model directory, and the
+    runs a resumed run shared the machine with in earlier calls stay in its record."""
+    import json
+    import subprocess
+
+    from test_vocab_benchmark import tiny_corpus
+
+    data = tiny_corpus(tmp_path / "data")
+    res = tmp_path / "baselines.json"
+    res.write_text(json.dumps({"runs": {}, "beside": {"ptb-tiny": ["earlier-run", "ptb-tiny"]}}))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "baselines.py"), "--data", str(data), "--runs", "ptb:tiny",
+           "ptb:tiny:tied", "--models", str(tmp_path / "models"), "--results", str(res), "--device", "cpu",
+           "--max-steps", "2", "--time-limit", "300", "--no-verify"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = json.loads(res.read_text())["runs"]
+    assert set(runs) == {"ptb-tiny", "ptb-tiny-tied"}
+    assert runs["ptb-tiny-tied"]["tied"] and not runs["ptb-tiny"]["tied"]
+    assert runs["ptb-tiny-tied"]["params"] < runs["ptb-tiny"]["params"]  # one vocabulary matrix fewer
+    assert runs["ptb-tiny"]["concurrent_runs"] == ["earlier-run", "ptb-tiny", "ptb-tiny-tied"]
+    assert json.loads(res.read_text())["beside"] == {}
+    assert (tmp_path / "models" / "ptb-tiny-tied" / "manifest.json").is_file()
+    # a run that fails (here: the canonical checksums, without --no-verify) is an error, not "rerun to resume"
+    out = subprocess.run([c for c in cmd if c != "--no-verify"] + ["--runs", "ptb:small"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "ptb-small: FAILED" in out.stdout

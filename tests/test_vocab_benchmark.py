@@ -63,3 +63,38 @@ def test_vocab_benchmark_end_to_end(tmp_path, jobs):
         assert res.stat().st_mtime >= mtime
     finally:
         torch.set_num_threads(threads)
+
+
+def _result(corpus: str, dense: float, runs: list[tuple[str, float, float]]) -> dict:
+    """A vocab.py result with runs (method, ratio, test ppl after)."""
+    return {"setup": {"corpus": corpus, "preset": "medium", "device": "cuda", "finetune_epochs": 2},
+            "dense": {"test_ppl": dense, "bytes_on_disk": 1000},
+            "runs": {f"{m}@{r:g}": {"method": m, "rate": r, "vocab_ratio": r, "status": "done", "test_ppl_before": p + 5,
+                                    "test_ppl_after": p, "bytes_on_disk": int(1000 / r)} for m, r, p in runs}}
+
+
+def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
+    spec = importlib.util.spec_from_file_location("vocab_report", ROOT / "benchmarks" / "vocab_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a = _result("ptb", 100.0, [("groupreduce", 6.6, 100.9), ("groupreduce_q", 26.0, 103.5), ("svd", 6.6, 110.0),
+                               ("prune", 6.6, 100.5)])
+    b = _result("wikitext-2", 90.0, [("groupreduce", 10.0, 90.5), ("groupreduce_q", 26.0, 92.0), ("svd", 10.0, 99.0)])
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "vocab.json"
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())["baselines"]
+    va, vb = rep["ptb-medium"]["verdicts"], rep["wikitext-2-medium"]["verdicts"]
+    assert va["groupreduce"]["met"] and va["groupreduce"]["best_ratio_within"] == 6.6
+    assert not va["groupreduce_q"]["met"] and va["groupreduce_q"]["closest"]["delta"] == pytest.approx(0.035)
+    assert va["matched_rates"]["6.6"]["better_than_all"] is False  # pruning is better there
+    assert vb["groupreduce"]["met"] and vb["groupreduce_q"]["met"] and vb["matched_rates"]["10"]["better_than_all"]
+    md = out.with_suffix(".md").read_text()
+    assert "6.6x: NO (prune 100.50 vs GR 100.90)" in md and "NOT met (26.0x: +3.5%)" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="two results for ptb-medium"):
+        mod.main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(out)])
+    (tmp_path / "bad.json").write_text("{\"runs\": {}}")
+    with pytest.raises(SystemExit, match="not a vocab.py result"):
+        mod.main([str(tmp_path / "bad.json"), "--out", str(out)])

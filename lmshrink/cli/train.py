@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-verify", action="store_true",
+                   help="accept corpus files whose sha256 differs from the canonical release (your own text)")
     add_json_arg(p)
 
 
@@ -36,7 +38,7 @@ def run(args) -> int:
                             epochs=args.epochs, max_steps=args.max_steps, device=args.device, precision=args.precision,
                             seed=args.seed, tie_weights=args.tie_weights, resume=not args.no_resume,
                             progress=not args.no_progress, log=_stderr_log if args.json else print,
-                            cuda_graph=args.cuda_graph)
+                            cuda_graph=args.cuda_graph, verify=not args.no_verify)
     if args.json:
         emit_json(result["metrics"])
     else:
