@@ -853,3 +853,23 @@ def test_train_and_save_initialises_from_its_seed_whatever_ran_before(tmp_path, 
                           seed=3, progress=False, log=lambda *_: None)
         weights.append(load_model_dir(tmp_path / f"m{k}")[0].state_dict())
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_finetune_starts_at_the_given_rate_and_divides_it_by_ten_when_validation_worsens(pattern_corpus):
+    """Retraining's schedule (GroupReduce Sec. 3.4): the first rate is ``lr`` (default recipe lr / 10); an epoch
+    that does not improve validation perplexity is undone and the rate divided by 10."""
+    model = lm_for(pattern_corpus)
+    quiet = dict(device="cpu", progress=False, log=lambda *_: None)
+    out = lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 2, lr=0.5, **quiet)
+    h = out["history"]
+    assert [x.get("lr") for x in h] == [None, 0.5, 0.5 if h[1]["valid_ppl"] < h[0]["valid_ppl"] else 0.05]
+    # a rate so high that the epoch diverges: its weights are dropped and the best seen are kept
+    model = lm_for(pattern_corpus)
+    before = lm_mod.evaluate_ppl(model, pattern_corpus.splits["valid"], TINY_RECIPE.batch_size, TINY_RECIPE.bptt)
+    out = lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 2, lr=1e4, **quiet)
+    assert out["history"][1] == {"epoch": 1, "lr": 1e4, "valid_ppl": None, "diverged": True}
+    assert out["history"][2]["lr"] == pytest.approx(1e3)
+    assert out["valid_ppl"] <= before
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(LmshrinkError, match="learning rate"):
+            lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=bad, **quiet)

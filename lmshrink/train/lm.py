@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..data import Corpus, batchify, bptt_windows
-from ..errors import LmshrinkError, check
+from ..errors import DivergedError, LmshrinkError, check
 from ..models.lstm_lm import Preset, detach_state, lm_loss
 from . import hooks
 
@@ -292,7 +292,7 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
 
 def _check_loss(mean: float, epoch: int, step: int) -> None:
     if not math.isfinite(mean) or mean > DIVERGED_NATS:
-        raise LmshrinkError(f"training loss became NaN/inf or diverged (mean cross-entropy {mean:.3g}) at epoch "
+        raise DivergedError(f"training loss became NaN/inf or diverged (mean cross-entropy {mean:.3g}) at epoch "
                             f"{epoch + 1}, step {step + 1}; lower the learning rate or gradient-norm limit")
 
 
@@ -304,6 +304,7 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     The best weights seen on validation are kept.
     """
     check(epochs >= 0, "finetune epochs must be >= 0")
+    check(lr is None or (math.isfinite(lr) and lr > 0), f"finetune learning rate must be a positive number, got {lr}")
     device = resolve_device(device)
     model = model.to(device)
     best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
@@ -314,10 +315,15 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     current = [recipe.lr / 10 if lr is None else lr]
 
     for epoch in range(epochs):
-        out = train_lm(model, corpus, recipe, out_dir=None, device=device, epochs=1, seed=seed + epoch + 1,
-                       precision=precision, progress=progress, lr_fn=lambda e: current[0], log=lambda *_: None)
-        v = out["valid_ppl"]
-        history.append({"epoch": epoch + 1, "lr": current[0], "valid_ppl": v})
+        try:
+            out = train_lm(model, corpus, recipe, out_dir=None, device=device, epochs=1, seed=seed + epoch + 1,
+                           precision=precision, progress=progress, lr_fn=lambda e: current[0], log=lambda *_: None)
+            v = out["valid_ppl"]
+        except DivergedError:  # the rate was too high: an epoch that did not improve (undone below)
+            v = math.inf
+        # a diverged epoch is recorded as such: JSON has no infinity
+        history.append({"epoch": epoch + 1, "lr": current[0], "valid_ppl": v} if math.isfinite(v) else
+                       {"epoch": epoch + 1, "lr": current[0], "valid_ppl": None, "diverged": True})
         log(f"finetune epoch {epoch + 1}/{epochs}  lr {current[0]:.3g}  valid ppl {v:.2f}")
         if v < best:
             best = v
