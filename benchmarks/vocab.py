@@ -270,6 +270,10 @@ def targets(results: dict) -> list[str]:
         return max(ok) if ok else None
 
     out = []
+    below = [r for r in done if r["test_ppl_after"] < 0.98 * d]
+    if below:  # retraining went on training an unconverged baseline: "within +1% of dense" is then no achievement
+        out.append(f"- CAUTION: {len(below)} run(s) ended more than 2% below the dense test perplexity: the baseline "
+                   "is not converged, and the verdicts below say little about compression")
     when = "after retraining" if results["setup"].get("finetune_epochs") else "WITHOUT retraining (this run retrains nothing)"
     for method, tol, goal in (("groupreduce", 0.01, 6.6), ("groupreduce_q", 0.03, 26.0)):
         b = best(method, tol)

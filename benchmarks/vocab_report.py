@@ -73,6 +73,8 @@ def verdicts(res: dict) -> dict:
                                          **{r["method"]: r["test_ppl_after"] for r in rivals},
                                          "better_than_all": all(g["test_ppl_after"] < r["test_ppl_after"] for r in rivals)}
     out["matched_rates"] = matched
+    # retraining that ends well below dense means it went on training an unconverged baseline (see vocab.targets)
+    out["runs_below_dense"] = sum(r["test_ppl_after"] < 0.98 * dense for r in runs)
     return out
 
 
@@ -100,7 +102,8 @@ def markdown(report: dict) -> str:
                                                              if k in RIVALS and m[k] <= m["groupreduce"]) + ")")
                          for rate, m in sorted(
             matched.items(), key=lambda kv: float(kv[0]))) or "no matched runs"
-        lines.append(f"| {name} | `{entry['source']}` | {res['dense']['test_ppl']:.2f} | "
+        caution = " (CAUTION: runs end below dense, baseline not converged)" if v.get("runs_below_dense") else ""
+        lines.append(f"| {name}{caution} | `{entry['source']}` | {res['dense']['test_ppl']:.2f} | "
                      f"{res['setup'].get('finetune_epochs', '?')} | {_fmt_target(v['groupreduce'], 6.6)} | "
                      f"{_fmt_target(v['groupreduce_q'], 26.0)} | {beat} |")
     for name, entry in report["baselines"].items():

@@ -93,6 +93,16 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "6.6x: NO (prune 100.50 vs GR 100.90)" in md and "NOT met (26.0x: +3.5%)" in md
     assert out.with_suffix(".png").stat().st_size > 0
+    assert "CAUTION" not in md
+    # a baseline that retraining beats by far is not converged: the report and vocab.py's own table say so
+    c = _result("ptb", 150.0, [("groupreduce", 6.6, 130.0), ("prune", 6.6, 131.0)])
+    (tmp_path / "c.json").write_text(json.dumps(c))
+    assert mod.main([str(tmp_path / "c.json"), "--out", str(out)]) == 0
+    assert "ptb-medium (CAUTION: runs end below dense" in out.with_suffix(".md").read_text()
+    vocab_spec = importlib.util.spec_from_file_location("vocab_bench_targets", ROOT / "benchmarks" / "vocab.py")
+    vocab_mod = importlib.util.module_from_spec(vocab_spec)
+    vocab_spec.loader.exec_module(vocab_mod)
+    assert "CAUTION" in vocab_mod.targets(c)[0] and not any("CAUTION" in line for line in vocab_mod.targets(a))
     with pytest.raises(SystemExit, match="two results for ptb-medium"):
         mod.main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(out)])
     (tmp_path / "bad.json").write_text("{\"runs\": {}}")
