@@ -301,9 +301,11 @@ def test_results_schema_from_synthetic_rows():
 
 def test_committed_results_follow_the_schema():
     _, path = _bench()
-    if not path.is_file():
+    files = sorted(path.parent.glob("textcls*.json"))  # textcls.json and its variants (e.g. tuned rates)
+    if not files:
         pytest.skip("benchmarks/results/textcls.json not generated yet")
-    _check_schema(json.loads(path.read_text()))
+    for f in files:
+        _check_schema(json.loads(f.read_text()))
 
 
 def test_utf8_bom_is_not_part_of_the_label(tmp_path):
@@ -311,3 +313,18 @@ def test_utf8_bom_is_not_part_of_the_label(tmp_path):
     f.write_bytes("\ufeff1 first\n0 second\n".encode("utf-8"))
     ex, rep = read_textcls_file(f)
     assert [e.label for e in ex] == [1, 0] and rep.encoding == "utf-8"
+
+
+def test_tuned_rates_come_per_set_and_schedule_from_a_schedules_result(tmp_path):
+    mod, _ = _bench()
+    sched = {"settings": {"model": "dan"},
+             "selected": {"trec": {"calr": {"lr": 0.1}, "constant": {"lr": 0.03}, "_target_calr_at_least_best_other": None},
+                          "mr": {"calr": {"lr": 0.3}, "constant": {"lr": 0.01}}}}
+    f = tmp_path / "schedules.json"
+    f.write_text(json.dumps(sched))
+    assert mod.load_tuned_lrs(str(f), ["trec"]) == {"model": "dan", "lrs": {"trec": {"calr": 0.1, "constant": 0.03}}}
+    with pytest.raises(SystemExit, match="no rates for sst2"):
+        mod.load_tuned_lrs(str(f), ["trec", "sst2"])
+    (tmp_path / "bad.json").write_text("{\"rows\": []}")
+    with pytest.raises(SystemExit, match="not a schedules.py result"):
+        mod.load_tuned_lrs(str(tmp_path / "bad.json"), ["trec"])
