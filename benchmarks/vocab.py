@@ -5,9 +5,9 @@ embedding and the softmax, each to the same ratio (theoretical bits vs dense fp3
 retrained with SGD, the learning rate divided by 10 whenever validation perplexity stops improving
 (``lmshrink.train.lm.finetune_lm``; the first rate is ``--finetune-lr``, default the recipe's lr / 10: on
 WikiText-2 medium that rate made GroupReduce's first epoch worse and 0.01 then helped, so a next run should
-try ``--finetune-lr 0.01`` there; an epoch that diverges counts as not improving). Each run records test (and valid) perplexity before and after
-retraining, the dense baseline's perplexity from the same run, bytes on disk, bits, tokens/s and how
-long compression itself took. Published anchor (OBW, bigLSTM): GroupReduce 6.6x on embedding + softmax,
+try ``--finetune-lr 0.01`` there; an epoch that diverges counts as not improving). Each run records test
+(and valid) perplexity before and after retraining, the dense baseline's perplexity from the same run,
+bytes on disk, bits, tokens/s and how long compression itself took. Published anchor (OBW, bigLSTM): GroupReduce 6.6x on embedding + softmax,
 26x with quantization. Targets here: GroupReduce >= 6.6x within +1% test perplexity after retraining,
 >= 26x with quantization within +3%, and better than SVD and pruning at every matched rate.
 
@@ -405,7 +405,8 @@ def main(argv=None) -> int:
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                 finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, eval_batch=args.eval_batch, jobs=args.jobs, versions=versions(),
+                 finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, eval_batch=args.eval_batch,
+                 jobs=args.jobs, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)
     results["setup"] = setup
     results.setdefault("runs", {})

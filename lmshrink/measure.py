@@ -77,23 +77,18 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     way to serve a compressed LSTM: each window rebuilds the dense LSTM weights from the compact maps
     and runs the fused kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call).
     """
+    from .models.lstm_lm import fused_lstm
+
     device = torch.device(device)
     # moved before inference mode: a module moved inside it gets inference-tensor parameters and buffers,
     # which the caller can then neither train nor version-check (a GPU-only crash, 2026-11-23)
     model = model.to(device).eval()
-    with torch.inference_mode():
-        return _time_windows(model, vocab_size, device, batch_size, seq_len, warmup, repeats, autocast_dtype, seed, fused)
-
-
-def _time_windows(model, vocab_size, device, batch_size, seq_len, warmup, repeats, autocast_dtype, seed, fused) -> dict:
-    from .models.lstm_lm import fused_lstm
-
     g = torch.Generator().manual_seed(seed)
     windows = [torch.randint(0, vocab_size, (seq_len, batch_size), generator=g).to(device) for _ in range(4)]
     state = model.init_state(batch_size, device)
     times = []
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
-    with ctx, fused_lstm(model, fused):
+    with torch.inference_mode(), ctx, fused_lstm(model, fused):
         for i in range(warmup + repeats):
             _sync(device)
             t0 = time.perf_counter()
