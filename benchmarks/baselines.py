@@ -39,7 +39,8 @@ def parse_run(spec: str, precision: str) -> dict:
     """``corpus:preset[:option...]``; options: a precision (auto, fp32, bf16), ``tied`` (--tie-weights),
     ``graph`` (--cuda-graph). The run's name is ``corpus-preset`` plus its options, so variants never share a
     model directory."""
-    corpus, preset, *opts = (spec.split(":") + [""])[:max(2, spec.count(":") + 1)]
+    parts = spec.split(":")
+    corpus, preset, opts = parts[0], parts[1] if len(parts) > 1 else "", parts[2:]
     bad = [o for o in opts if o not in PRECISIONS + RUN_OPTIONS]
     if not corpus or not preset or bad or len([o for o in opts if o in PRECISIONS]) > 1 or len(set(opts)) != len(opts):
         raise SystemExit(f"bad run {spec!r}: corpus:preset[:option...], options: one of {', '.join(PRECISIONS)}, "
@@ -208,6 +209,8 @@ def main() -> int:
                                                               "canonical files (tests)")
     args = ap.parse_args()
 
+    from lmshrink.io import write_atomic, write_json_atomic
+
     t0 = time.monotonic()
     models, logs = Path(args.models), Path(args.logs or args.models)
     models.mkdir(parents=True, exist_ok=True)
@@ -240,8 +243,6 @@ def main() -> int:
     for name in procs:
         beside[name] = sorted(set(beside.get(name, [])) | set(procs))
     if procs:
-        from lmshrink.io import write_json_atomic
-
         write_json_atomic(args.results, results)
 
     if args.speed:
@@ -297,8 +298,6 @@ def main() -> int:
         results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     except Exception:  # pragma: no cover
         pass
-    from lmshrink.io import write_atomic, write_json_atomic
-
     write_json_atomic(args.results, results)
     table = markdown(results)
     write_atomic(Path(args.results).with_suffix(".md"), table)
