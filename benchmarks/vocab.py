@@ -394,6 +394,9 @@ def main(argv=None) -> int:
     if bad:
         print(f"vocab.py: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    if args.finetune_lr is not None and not (0 < args.finetune_lr < float("inf")):  # before the baseline loads
+        print(f"vocab.py: --finetune-lr must be a positive number, got {args.finetune_lr}", file=sys.stderr)
+        return 2
     try:
         dense, corpus, recipe, setup = load_or_train_baseline(args, device, work, log)
     except LmshrinkError as e:

@@ -108,3 +108,15 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     (tmp_path / "bad.json").write_text("{\"runs\": {}}")
     with pytest.raises(SystemExit, match="not a vocab.py result"):
         mod.main([str(tmp_path / "bad.json"), "--out", str(out)])
+
+
+@pytest.mark.parametrize("lr", ["-1", "0", "nan", "inf"])
+def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path, lr, capsys):
+    spec = importlib.util.spec_from_file_location("vocab_bench_lr", ROOT / "benchmarks" / "vocab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = tmp_path / "r.json"
+    assert mod.main(["--baseline", str(tmp_path / "none"), "--finetune-lr", lr, "--results", str(res),
+                     "--work", str(tmp_path / "w")]) == 2
+    assert "--finetune-lr must be a positive number" in capsys.readouterr().err
+    assert not res.exists() and not (tmp_path / "w").exists()
