@@ -21,13 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vocab import fmt_speed  # noqa: E402
+from vocab import RIVALS, TARGETS, UNCONVERGED, best_ratio_within, done_runs, fmt_speed  # noqa: E402
 
 from lmshrink.io import write_atomic, write_json_atomic  # noqa: E402
-
-# (method, largest allowed test-ppl increase after retraining, ratio to reach): the issue's targets
-TARGETS = (("groupreduce", 0.01, 6.6), ("groupreduce_q", 0.03, 26.0))
-RIVALS = ("svd", "prune", "prune_agp")
 
 
 def load(path: str | Path) -> dict:
@@ -45,10 +41,6 @@ def name_of(res: dict, path: Path) -> str:
     return f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
 
 
-def done_runs(res: dict) -> list[dict]:
-    return [r for r in res["runs"].values() if r.get("status") == "done"]
-
-
 def verdicts(res: dict) -> dict:
     """Per target: the largest ratio within tolerance (or None) and whether it meets the goal; per matched
     rate: whether GroupReduce beats every rival run at that rate."""
@@ -57,12 +49,11 @@ def verdicts(res: dict) -> dict:
     out = {}
     for method, tol, goal in TARGETS:
         mine = [r for r in runs if r["method"] == method]
-        ok = [r["vocab_ratio"] for r in mine if r["test_ppl_after"] <= dense * (1 + tol)]
+        within = best_ratio_within(runs, dense, method, tol)  # the same verdict as vocab.py's own table
         # the run that shows how close the method came: the best one at or above the goal's ratio
-        at_goal = [r for r in mine if r["vocab_ratio"] >= goal * 0.99]
+        at_goal = [r for r in mine if r["vocab_ratio"] >= goal]
         best = min(at_goal, key=lambda r: r["test_ppl_after"], default=None)
-        out[method] = {"ran": bool(mine), "best_ratio_within": max(ok) if ok else None,
-                       "met": bool(ok) and max(ok) >= goal * 0.99,  # ratios are met to 1% (bit rounding)
+        out[method] = {"ran": bool(mine), "best_ratio_within": within, "met": within is not None and within >= goal,
                        "closest": None if best is None else {"ratio": best["vocab_ratio"],
                                                              "delta": best["test_ppl_after"] / dense - 1}}
     matched = {}
@@ -74,7 +65,7 @@ def verdicts(res: dict) -> dict:
                                          "better_than_all": all(g["test_ppl_after"] < r["test_ppl_after"] for r in rivals)}
     out["matched_rates"] = matched
     # retraining that ends well below dense means it went on training an unconverged baseline (see vocab.targets)
-    out["runs_below_dense"] = sum(r["test_ppl_after"] < 0.98 * dense for r in runs)
+    out["runs_below_dense"] = sum(r["test_ppl_after"] < UNCONVERGED * dense for r in runs)
     return out
 
 
