@@ -52,7 +52,8 @@ from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, totals  # noqa
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
-from lmshrink.train.lm import evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm  # noqa: E402
+from lmshrink.train.lm import (  # noqa: E402
+    check_finetune_lr, evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm)
 
 METHODS = ("svd", "prune", "prune_agp", "quantize", "groupreduce", "groupreduce_q")
 GQ_GROUP = 128  # values per fp16 (scale, min) when GroupReduce factors are quantized
@@ -406,8 +407,10 @@ def main(argv=None) -> int:
     if bad:
         print(f"vocab.py: unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
-    if args.finetune_lr is not None and not (0 < args.finetune_lr < float("inf")):  # before the baseline loads
-        print(f"vocab.py: --finetune-lr must be a positive number, got {args.finetune_lr}", file=sys.stderr)
+    try:
+        check_finetune_lr(args.finetune_lr)  # before the baseline loads
+    except LmshrinkError as e:
+        print(f"vocab.py: {e}", file=sys.stderr)
         return 2
     try:
         dense, corpus, recipe, setup = load_or_train_baseline(args, device, work, log)

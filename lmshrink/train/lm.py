@@ -296,6 +296,11 @@ def _check_loss(mean: float, epoch: int, step: int) -> None:
                             f"{epoch + 1}, step {step + 1}; lower the learning rate or gradient-norm limit")
 
 
+def check_finetune_lr(lr: float | None) -> None:
+    """Retraining's first rate: None (the recipe's lr / 10) or a positive, finite number."""
+    check(lr is None or (math.isfinite(lr) and lr > 0), f"finetune learning rate: --finetune-lr must be a positive number, got {lr}")
+
+
 def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, lr: float | None = None,
                 device: str | torch.device = "cpu", progress: bool = True, precision: str = "auto",
                 seed: int = 0, log=print) -> dict:
@@ -304,7 +309,7 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     The best weights seen on validation are kept.
     """
     check(epochs >= 0, "finetune epochs must be >= 0")
-    check(lr is None or (math.isfinite(lr) and lr > 0), f"finetune learning rate must be a positive number, got {lr}")
+    check_finetune_lr(lr)
     device = resolve_device(device)
     model = model.to(device)
     best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
