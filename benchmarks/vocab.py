@@ -52,8 +52,7 @@ from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, totals  # noqa
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
-from lmshrink.train.lm import (  # noqa: E402
-    check_finetune_lr, evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm)
+from lmshrink.train.lm import check_finetune_lr, evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm  # noqa: E402
 
 METHODS = ("svd", "prune", "prune_agp", "quantize", "groupreduce", "groupreduce_q")
 GQ_GROUP = 128  # values per fp16 (scale, min) when GroupReduce factors are quantized
