@@ -8,8 +8,9 @@ WikiText-2 medium that rate made GroupReduce's first epoch worse and 0.01 then h
 try ``--finetune-lr 0.01`` there; an epoch that diverges counts as not improving). Each run records test
 (and valid) perplexity before and after retraining, the dense baseline's perplexity from the same run,
 bytes on disk, bits, tokens/s and how long compression itself took. Published anchor (OBW, bigLSTM):
-GroupReduce 6.6x on embedding + softmax, 26x with quantization. Targets here: GroupReduce >= 6.6x within +1% test perplexity after retraining,
->= 26x with quantization within +3%, and better than SVD and pruning at every matched rate.
+GroupReduce 6.6x on embedding + softmax, 26x with quantization. Targets here: GroupReduce >= 6.6x within +1%
+test perplexity after retraining, >= 26x with quantization within +3%, and better than SVD and pruning at every
+matched rate.
 
 Methods (``--methods``):
   svd            truncated SVD of each matrix
