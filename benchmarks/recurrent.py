@@ -492,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve", type=float, default=60.0,
                    help="seconds before --time-limit at which training stops, for final evaluation and saving")
     p.add_argument("--remeasure", action="store_true", help="measure speeds again for finished runs")
+    p.add_argument("--no-speed", action="store_true",
+                   help="train and evaluate only; leave speeds for a later call (invocations side by side on one GPU "
+                        "would disturb each other's timings)")
     p.add_argument("--progress", action="store_true", help="progress bars for the baseline training")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
@@ -663,7 +666,7 @@ def orchestrate(args) -> int:
     vocab_size = len(corpus.vocab)
     targets = [("baseline", base)] + [(k, r) for k, r in results["runs"].items()
                                       if r.get("group") == group and r.get("status") == "ok"]
-    for key, r in targets:
+    for key, r in ([] if args.no_speed else targets):
         if deadline and time.time() > deadline - 20:
             log("time limit: speeds left for the next call")
             break

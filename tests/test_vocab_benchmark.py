@@ -80,6 +80,8 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     a = _result("ptb", 100.0, [("groupreduce", 6.6, 100.9), ("groupreduce_q", 26.0, 103.5), ("svd", 6.6, 110.0),
                                ("prune", 6.6, 100.5)])
     b = _result("wikitext-2", 90.0, [("groupreduce", 10.0, 90.5), ("groupreduce_q", 26.0, 92.0), ("svd", 10.0, 99.0)])
+    b["setup"]["finetune_lr"] = 0.01
+    b["runs"]["groupreduce@10"]["config"] = {"num_blocks": 10, "rank_rule": "sqrt_frequency"}
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     out = tmp_path / "vocab.json"
@@ -92,6 +94,8 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     assert vb["groupreduce"]["met"] and vb["groupreduce_q"]["met"] and vb["matched_rates"]["10"]["better_than_all"]
     md = out.with_suffix(".md").read_text()
     assert "6.6x: NO (prune 100.50 vs GR 100.90)" in md and "NOT met (26.0x: +3.5%)" in md
+    # how each file's GroupReduce was set and retrained (the recipe moved the verdicts most)
+    assert "| 10 blocks, rank ~ sqrt_frequency, first rate 0.01, 2 epochs |" in md and "| first rate 0.1, 2 epochs |" in md
     assert out.with_suffix(".png").stat().st_size > 0
     assert "CAUTION" not in md
     # a baseline that retraining beats by far is not converged: the report and vocab.py's own table say so

@@ -1,0 +1,56 @@
+"""benchmarks/recurrent_report.py: verdicts computed from the files' numbers, each method at its best recipe."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("recurrent_report", ROOT / "benchmarks" / "recurrent_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(dense: float, lr: float, epochs: int, runs: list[tuple[str, float, float]]) -> dict:
+    """A recurrent.py result with runs (method label, ratio, test ppl) of one retraining recipe."""
+    return {"benchmark": "recurrent", "baselines": {"medium/ptb": {"test_ppl": dense, "gpu_tokens_per_s": 1000.0}},
+            "runs": {f"medium/ptb|{m}|{r:g}x|retrain|e{epochs}": {
+                "group": "medium/ptb", "status": "ok", "label": m, "ratio_target": r, "mode": "retrain", "test_ppl": p,
+                "epochs": epochs, "lr_schedule": [lr] * (epochs - 1) + [lr / 50]} for m, r, p in runs}}
+
+
+def test_each_method_is_judged_at_its_best_recipe(tmp_path):
+    mod = _module()
+    (tmp_path / "a.json").write_text(json.dumps(_result(100.0, 1.0, 10, [("doped_kp", 25, 101.0), ("lmf", 25, 110.0),
+                                                                         ("prune", 10, 100.5)])))
+    (tmp_path / "b.json").write_text(json.dumps(_result(100.0, 0.2, 10, [("doped_kp", 25, 120.0), ("lmf", 25, 101.5)])))
+    out = tmp_path / "r.md"
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
+    md = out.read_text()
+    # doped KP's best (lr 1: +1.0%) is within +1.4% and beats low rank's best (lr 0.2: +1.5%)
+    assert "within +1.4% at 25x: met (+1.00%)" in md and "(each at its best recipe): met." in md
+    assert "| `a.json` | 10 epochs, lr 1 -> 0.02 | 100.00 | **+1.00** | +10.00 | - |" in md
+    assert "| lmf | 10 epochs, lr 0.2 -> 0.004 | `b.json` | 101.50 | +1.50 |" in md
+    assert "## 10x" in md  # every ratio a file holds gets its table
+    # a rival as good as doped KP at its best recipe: not "better than every other method"
+    (tmp_path / "c.json").write_text(json.dumps(_result(100.0, 0.5, 20, [("lmf", 25, 101.0)])))
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(out)]) == 0
+    assert "**not met** (as good or better: lmf)" in out.read_text()
+
+
+def test_bad_files_are_refused_with_one_line(tmp_path):
+    mod = _module()
+    (tmp_path / "x.json").write_text("{\"runs\": {}}")
+    with pytest.raises(SystemExit, match="not a recurrent.py result"):
+        mod.main([str(tmp_path / "x.json"), "--out", str(tmp_path / "r.md")])
+    (tmp_path / "y.json").write_text(json.dumps(_result(100.0, 1.0, 10, [("doped_kp", 25, 101.0)])))
+    with pytest.raises(SystemExit, match="no dense baseline for small/ptb"):
+        mod.main([str(tmp_path / "y.json"), "--group", "small/ptb", "--out", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
