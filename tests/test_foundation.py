@@ -873,3 +873,40 @@ def test_finetune_starts_at_the_given_rate_and_divides_it_by_ten_when_validation
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(LmshrinkError, match="learning rate"):
             lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=bad, **quiet)
+
+
+def test_finetune_cut_after_an_epoch_resumes_there_and_ends_as_one_uninterrupted_call(pattern_corpus, tmp_path):
+    """A retraining cut by a time limit (vocab.py's runs on lent GPUs) resumes after its last finished epoch, from
+    the saved weights, best weights and rate: the result equals an uninterrupted run's, and the folder goes."""
+    quiet = dict(device="cpu", progress=False, precision="fp32")
+    whole = lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None,
+                               **quiet)
+
+    def stop_in_epoch_2(msg):
+        if msg.startswith("finetune epoch 2/"):
+            raise KeyboardInterrupt  # the time limit, after epoch 2 ran but before its state was kept
+
+    ckpt = tmp_path / "ft"
+    with pytest.raises(KeyboardInterrupt):
+        lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=stop_in_epoch_2,
+                           checkpoint_dir=ckpt, **quiet)
+    assert json.loads((ckpt / "finetune.json").read_text())["epochs_done"] == 1
+    said = []
+    resumed = lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=said.append,
+                                 checkpoint_dir=ckpt, **quiet)
+    assert said[0].startswith("finetune: resuming after epoch 1/3")
+    assert resumed["history"] == whole["history"]
+    a, b = whole["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not ckpt.exists()
+    # a checkpoint of other settings or of another model is refused in one line, not loaded half-way
+    ckpt.mkdir()
+    settings = {"lr": 0.5, "epochs": 3, "seed": 0}
+    lm_mod._FinetuneCheckpoint(ckpt).save(lm_for(pattern_corpus), {}, {"settings": settings, "epochs_done": 1})
+    with pytest.raises(LmshrinkError, match="made with other settings"):
+        lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 3, lr=0.05, log=lambda *_: None,
+                           checkpoint_dir=ckpt, **quiet)
+    other = LSTMLanguageModel(len(pattern_corpus.vocab), 8, 1)
+    with pytest.raises(LmshrinkError, match="does not fit this model"):
+        lm_mod.finetune_lm(other, pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None, checkpoint_dir=ckpt,
+                           **quiet)

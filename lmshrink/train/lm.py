@@ -301,25 +301,82 @@ def check_finetune_lr(lr: float | None) -> None:
     check(lr is None or (math.isfinite(lr) and lr > 0), f"finetune learning rate: --finetune-lr must be a positive number, got {lr}")
 
 
+class _FinetuneCheckpoint:
+    """The state of ``finetune_lm`` after each finished epoch: current and best weights (safetensors: no pickle)
+    and the schedule (JSON), each written atomically, so a retraining cut by a time limit resumes there.
+
+    The weights are loaded into the caller's model, which must have been compressed the same way (the same
+    method, settings and seed give the same structure); a mismatch is an error, not a silent restart."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+
+    def save(self, model: nn.Module, best_state: dict, status: dict) -> None:
+        from safetensors.torch import save_file
+
+        from ..io import write_json_atomic
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, state in (("current", model.state_dict()), ("best", best_state)):
+            # clones: tied weights share storage, which safetensors refuses
+            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+            tmp = self.dir / f"{name}.safetensors.tmp"
+            save_file(tensors, str(tmp))
+            tmp.replace(self.dir / f"{name}.safetensors")
+        write_json_atomic(self.dir / "finetune.json", status)
+
+    def load(self, model: nn.Module, device, settings: dict) -> tuple[dict, dict] | None:
+        if not (self.dir / "finetune.json").is_file():
+            return None
+        from safetensors.torch import load_file
+
+        status = json.loads((self.dir / "finetune.json").read_text())
+        theirs = status.get("settings")
+        check(theirs == settings, f"retraining checkpoint {self.dir} was made with other settings ({theirs}, now "
+                                  f"{settings}); delete it to start over")
+        try:
+            model.load_state_dict(load_file(str(self.dir / "current.safetensors"), device=str(device)))
+            best_state = load_file(str(self.dir / "best.safetensors"), device=str(device))
+        except (RuntimeError, OSError, ValueError) as e:
+            raise LmshrinkError(f"retraining checkpoint {self.dir} does not fit this model or is damaged "
+                                f"({str(e).splitlines()[0]}); delete it to start over") from None
+        return best_state, status
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, lr: float | None = None,
                 device: str | torch.device = "cpu", progress: bool = True, precision: str = "auto",
-                seed: int = 0, log=print) -> dict:
+                seed: int = 0, log=print, checkpoint_dir: str | Path | None = None) -> dict:
     """Retrain a (compressed) model: SGD from ``lr`` (default ``recipe.lr / 10``), divided by 10 whenever
     validation perplexity stops improving, as GroupReduce's retraining does (Chen et al. 2018, Sec. 3.4).
     The best weights seen on validation are kept.
+
+    With ``checkpoint_dir`` the state after every epoch is kept there and a later call with the same
+    model resumes after the last finished epoch (the same result as one uninterrupted call, since each
+    epoch's seed is ``seed + epoch + 1``); the folder is removed when retraining ends.
     """
     check(epochs >= 0, "finetune epochs must be >= 0")
     check_finetune_lr(lr)
     device = resolve_device(device)
     model = model.to(device)
-    best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
-    history = [{"epoch": 0, "valid_ppl": best}]
-    if epochs == 0:
-        return {"model": model, "valid_ppl": best, "history": history}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    current = [recipe.lr / 10 if lr is None else lr]
+    ckpt = _FinetuneCheckpoint(checkpoint_dir) if checkpoint_dir is not None and epochs > 0 else None
+    settings = {"lr": recipe.lr / 10 if lr is None else lr, "epochs": epochs, "seed": seed}
+    resumed = ckpt.load(model, device, settings) if ckpt is not None else None
+    if resumed is not None:
+        best_state, status = resumed
+        best, history, current, start = status["best"], status["history"], [status["lr"]], status["epochs_done"]
+        log(f"finetune: resuming after epoch {start}/{epochs} (lr {current[0]:.3g}, best valid ppl {best:.2f})")
+    else:
+        best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
+        history = [{"epoch": 0, "valid_ppl": best}]
+        if epochs == 0:
+            return {"model": model, "valid_ppl": best, "history": history}
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        current, start = [recipe.lr / 10 if lr is None else lr], 0
 
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         try:
             out = train_lm(model, corpus, recipe, out_dir=None, device=device, epochs=1, seed=seed + epoch + 1,
                            precision=precision, progress=progress, lr_fn=lambda e: current[0], log=lambda *_: None)
@@ -336,7 +393,12 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
         else:
             model.load_state_dict(best_state)
             current[0] /= 10
+        if ckpt is not None:
+            ckpt.save(model, best_state, {"settings": settings, "epochs_done": epoch + 1, "lr": current[0],
+                                          "best": best, "history": history})
     model.load_state_dict(best_state)
+    if ckpt is not None:
+        ckpt.remove()
     return {"model": model, "valid_ppl": best, "history": history}
 
 
