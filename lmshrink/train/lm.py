@@ -99,6 +99,15 @@ def zaremba_lr(recipe: Preset, epoch: int) -> float:
     return recipe.lr * recipe.lr_decay ** max(epoch + 1 - recipe.decay_after, 0)
 
 
+def _save_tensors_atomic(tensors: dict, path: Path) -> None:
+    """safetensors written to a temporary name, then renamed: a cut never leaves half a file."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+
+
 class _Checkpoint:
     """Model + trainer state in ``OUT.checkpoint/``, each file written atomically."""
 
@@ -111,8 +120,6 @@ class _Checkpoint:
     def save(self, model, trainer: dict, state) -> None:
         if self.dir is None:
             return
-        from safetensors.torch import save_file
-
         from ..io import save_model_dir, write_json_atomic
 
         save_model_dir(model, self.dir / "model")
@@ -121,9 +128,7 @@ class _Checkpoint:
         tensors["rng_cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng_cuda"] = torch.cuda.get_rng_state()
-        tmp = self.dir / "state.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(self.dir / "state.safetensors")
+        _save_tensors_atomic(tensors, self.dir / "state.safetensors")
         write_json_atomic(self.dir / "trainer.json", trainer)
 
     def load(self, device):
@@ -312,17 +317,13 @@ class _FinetuneCheckpoint:
         self.dir = Path(path)
 
     def save(self, model: nn.Module, best_state: dict, status: dict) -> None:
-        from safetensors.torch import save_file
-
         from ..io import write_json_atomic
 
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, state in (("current", model.state_dict()), ("best", best_state)):
             # clones: tied weights share storage, which safetensors refuses
             tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-            tmp = self.dir / f"{name}.safetensors.tmp"
-            save_file(tensors, str(tmp))
-            tmp.replace(self.dir / f"{name}.safetensors")
+            _save_tensors_atomic(tensors, self.dir / f"{name}.safetensors")
         write_json_atomic(self.dir / "finetune.json", status)
 
     def load(self, model: nn.Module, device, settings: dict) -> tuple[dict, dict] | None:
