@@ -902,7 +902,7 @@ def test_finetune_cut_after_an_epoch_resumes_there_and_ends_as_one_uninterrupted
     # a checkpoint of other settings or of another model is refused in one line, not loaded half-way
     ckpt.mkdir()
     settings = {"lr": 0.5, "epochs": 3, "seed": 0}
-    lm_mod._FinetuneCheckpoint(ckpt).save(lm_for(pattern_corpus), {}, {"settings": settings, "epochs_done": 1})
+    lm_mod._FinetuneCheckpoint(ckpt).save(lm_for(pattern_corpus).state_dict(), {"settings": settings, "epochs_done": 1})
     with pytest.raises(LmshrinkError, match="made with other settings"):
         lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 3, lr=0.05, log=lambda *_: None,
                            checkpoint_dir=ckpt, **quiet)

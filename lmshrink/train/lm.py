@@ -307,8 +307,9 @@ def check_finetune_lr(lr: float | None) -> None:
 
 
 class _FinetuneCheckpoint:
-    """The state of ``finetune_lm`` after each finished epoch: current and best weights (safetensors: no pickle)
-    and the schedule (JSON), each written atomically, so a retraining cut by a time limit resumes there.
+    """The state of ``finetune_lm`` after each finished epoch: the weights (safetensors: no pickle) and the
+    schedule (JSON), each written atomically, so a retraining cut by a time limit resumes there. After an epoch
+    the model always holds the best weights seen (a worse epoch is undone), so one set of weights is enough.
 
     The weights are loaded into the caller's model, which must have been compressed the same way (the same
     method, settings and seed give the same structure); a mismatch is an error, not a silent restart."""
@@ -316,17 +317,17 @@ class _FinetuneCheckpoint:
     def __init__(self, path: str | Path):
         self.dir = Path(path)
 
-    def save(self, model: nn.Module, best_state: dict, status: dict) -> None:
+    def save(self, best_state: dict, status: dict) -> None:
         from ..io import write_json_atomic
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        for name, state in (("current", model.state_dict()), ("best", best_state)):
-            # clones: tied weights share storage, which safetensors refuses
-            tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-            _save_tensors_atomic(tensors, self.dir / f"{name}.safetensors")
+        # clones: tied weights share storage, which safetensors refuses
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in best_state.items()}
+        _save_tensors_atomic(tensors, self.dir / "weights.safetensors")
         write_json_atomic(self.dir / "finetune.json", status)
 
     def load(self, model: nn.Module, device, settings: dict) -> tuple[dict, dict] | None:
+        """(best weights, now also in ``model``; schedule), or None when there is nothing to resume."""
         if not (self.dir / "finetune.json").is_file():
             return None
         from safetensors.torch import load_file
@@ -336,8 +337,8 @@ class _FinetuneCheckpoint:
         check(theirs == settings, f"retraining checkpoint {self.dir} was made with other settings ({theirs}, now "
                                   f"{settings}); delete it to start over")
         try:
-            model.load_state_dict(load_file(str(self.dir / "current.safetensors"), device=str(device)))
-            best_state = load_file(str(self.dir / "best.safetensors"), device=str(device))
+            best_state = load_file(str(self.dir / "weights.safetensors"), device=str(device))
+            model.load_state_dict(best_state)
         except (RuntimeError, OSError, ValueError) as e:
             raise LmshrinkError(f"retraining checkpoint {self.dir} does not fit this model or is damaged "
                                 f"({str(e).splitlines()[0]}); delete it to start over") from None
@@ -375,7 +376,7 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
         if epochs == 0:
             return {"model": model, "valid_ppl": best, "history": history}
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        current, start = [recipe.lr / 10 if lr is None else lr], 0
+        current, start = [settings["lr"]], 0
 
     for epoch in range(start, epochs):
         try:
@@ -395,8 +396,8 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
             model.load_state_dict(best_state)
             current[0] /= 10
         if ckpt is not None:
-            ckpt.save(model, best_state, {"settings": settings, "epochs_done": epoch + 1, "lr": current[0],
-                                          "best": best, "history": history})
+            ckpt.save(best_state, {"settings": settings, "epochs_done": epoch + 1, "lr": current[0], "best": best,
+                                   "history": history})
     model.load_state_dict(best_state)
     if ckpt is not None:
         ckpt.remove()
