@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--big-vocab-gq-rates", default="26", help="vocab.py --gq-rates on PTB large and WikiText-2 medium")
     ap.add_argument("--vocab-options", default="--num-blocks 10 --rank-rule sqrt_frequency --finetune-lr 0.01",
                     help="more vocab.py options (default: the GroupReduce settings and first retraining rate that met the "
-                         "targets on PTB large; groupreduce_sweep.py compares settings)")
+                         "targets on PTB large; groupreduce_sweep.py compares settings). The rate is shared by every "
+                         "method: on PTB small pruning did better at 0.1 (results/vocab_ptb_small_cpu13_lr0.1.md), so "
+                         "run the rivals at 0.1 too before calling GroupReduce better")
     ap.add_argument("--sweep-methods", default="doped_kp,kp,prune,lmf",
                     help="recurrent.py methods of the 10x/50x stage (25x runs every method)")
     ap.add_argument("--smoke", action="store_true", help="tiny presets, a few steps: checks the plumbing")
