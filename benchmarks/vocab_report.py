@@ -83,7 +83,12 @@ def recipe_of(res: dict) -> str:
     first rate 0.01, 10 epochs +0.5%)."""
     gr = next((r["config"] for r in done_runs(res) if r["method"] == "groupreduce" and r.get("config")), None)
     lr = res["setup"].get("finetune_lr")
-    lr_txt = f"first rate {lr:g}" if lr is not None else f"first rate {res['setup'].get('recipe', {}).get('lr', 1.0) / 10:g}"
+    if isinstance(lr, list):  # vocab.py --finetune-lr 0.1,0.01: each method at the rate validation chose
+        lr_txt = "first rate chosen on validation from " + ", ".join(f"{x:g}" for x in lr)
+    elif lr is not None:
+        lr_txt = f"first rate {lr:g}"
+    else:
+        lr_txt = f"first rate {res['setup'].get('recipe', {}).get('lr', 1.0) / 10:g}"
     blocks = f"{gr['num_blocks']} blocks, rank ~ {gr['rank_rule']}, " if gr else ""
     return f"{blocks}{lr_txt}, {res['setup'].get('finetune_epochs', '?')} epochs"
 

@@ -124,3 +124,53 @@ def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path,
                      "--work", str(tmp_path / "w")]) == 2
     assert "--finetune-lr must be a positive number" in capsys.readouterr().err
     assert not res.exists() and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("lrs, says", [("0.1,abc", "numbers separated by commas"), ("0.1,0.1", "distinct rates"),
+                                       ("0.1,-1", "must be a positive number")])
+def test_vocab_benchmark_refuses_a_bad_list_of_rates_before_any_work(tmp_path, lrs, says, capsys):
+    spec = importlib.util.spec_from_file_location("vocab_bench_lrs", ROOT / "benchmarks" / "vocab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = tmp_path / "r.json"
+    assert mod.main(["--baseline", str(tmp_path / "none"), "--finetune-lr", lrs, "--results", str(res),
+                     "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert not res.exists() and not (tmp_path / "w").exists()
+
+
+def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_validation_prefers(tmp_path):
+    """``--finetune-lr 1,0.001``: one run per (method, rate, first rate); verdicts, plot and report use, per
+    (method, rate), the run with the best validation perplexity; the table shows every run and marks the chosen."""
+    spec = importlib.util.spec_from_file_location("vocab_bench_several", ROOT / "benchmarks" / "vocab.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = tiny_corpus(tmp_path / "data")
+    res = tmp_path / "vocab.json"
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
+                         "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4",
+                         "--methods", "svd,groupreduce", "--finetune-lr", "1,0.001", "--work", str(tmp_path / "work"),
+                         "--results", str(res)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(res.read_text())
+    assert sorted(out["runs"]) == ["groupreduce@4@lr0.001", "groupreduce@4@lr1", "svd@4@lr0.001", "svd@4@lr1"]
+    assert {r["finetune_lr"] for r in out["runs"].values()} == {1.0, 0.001} and out["setup"]["finetune_lr"] == [1.0, 0.001]
+    chosen = mod.done_runs(out)
+    assert len(chosen) == 2
+    for c in chosen:
+        pair = [r for r in out["runs"].values() if r["method"] == c["method"]]
+        assert c["valid_ppl_after"] == min(r["valid_ppl_after"] for r in pair)
+    md = res.with_suffix(".md").read_text()
+    assert md.count(", chosen)") == 2 and md.count("(first rate 1") == 2 and md.count("(first rate 0.001") == 2
+    # each run kept its own model directory; no retraining checkpoint is left behind
+    assert {p.name for p in (tmp_path / "work" / "models").iterdir()} == set(out["runs"])
+    assert not any((tmp_path / "work" / "finetune").glob("*"))
+    rep = importlib.util.spec_from_file_location("vocab_report_several", ROOT / "benchmarks" / "vocab_report.py")
+    report = importlib.util.module_from_spec(rep)
+    rep.loader.exec_module(report)
+    assert report.main([str(res), "--out", str(tmp_path / "report.json")]) == 0
+    assert "first rate chosen on validation from 1, 0.001" in (tmp_path / "report.md").read_text()
