@@ -187,8 +187,7 @@ def run_key(method: str, rate: float, lr: float | None, several_lrs: bool) -> st
     return f"{method}@{rate:g}" + (f"@lr{lr:g}" if several_lrs else "")
 
 
-def run_one(method, rate, dense, corpus, recipe, args, device, work: Path, log, lr=None, key=None) -> dict:
-    key = key or f"{method}@{rate:g}"
+def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
     counts = corpus.vocab.counts_tensor()
     cfg = make_config(**method_config(method, rate, args))
     model = copy.deepcopy(dense).cpu()
@@ -247,7 +246,7 @@ def run_guarded(m, r, lr, key, dense, corpus, recipe, args, device, work, log) -
     """run_one, with a refused setting (a rate the method cannot meet) recorded instead of raised."""
     t0 = time.monotonic()
     try:
-        row = run_one(m, r, dense, corpus, recipe, args, device, work, log, lr=lr, key=key)
+        row = run_one(m, r, lr, key, dense, corpus, recipe, args, device, work, log)
     except LmshrinkError as e:
         row = {"method": m, "rate": r, "finetune_lr": lr, "status": "refused", "error": str(e)}
     row["wall_s"] = time.monotonic() - t0
