@@ -13,8 +13,8 @@ recipes and writes:
 - every ratio each file holds (the 10x / 50x curve).
 
     python benchmarks/recurrent_report.py benchmarks/results/recurrent.json \
-        benchmarks/results/recurrent_medium_e10_lr*.json benchmarks/results/recurrent_medium_e20_lr1.json \
-        --group medium/ptb --out benchmarks/results/recurrent_recipes.md
+        benchmarks/results/recurrent_medium_e10_lr*.json benchmarks/results/recurrent_medium_e20_lr1*.json \
+        benchmarks/results/recurrent_medium_scratch.json --group medium/ptb --out benchmarks/results/recurrent_recipes.md
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from lmshrink.io import write_atomic
 
 TARGET_METHOD, TARGET_RATIO, TARGET_DELTA = "doped_kp", 25.0, 1.4  # Thakker et al. 2020: 25x, +1.4% perplexity
 
+# a lead smaller than this (percentage points of the dense perplexity) is within noise: the dense PTB medium recipe
+# trained four times with one seed gave test 82.93-83.44 (baselines.json), a 0.6% spread
+NOISE_POINTS = 0.5
+
 
 def load(path: Path, group: str) -> tuple[dict, list[dict]]:
     try:
@@ -42,13 +46,21 @@ def load(path: Path, group: str) -> tuple[dict, list[dict]]:
     if base is None:
         raise SystemExit(f"recurrent_report: {path} has no dense baseline for {group}")
     runs = [r for r in res.get("runs", {}).values() if r.get("group") == group and r.get("status") == "ok"]
+    for r in runs:  # a file-level setting that moves doped KP: when its doping reaches the final density
+        r.setdefault("_anneal_end", (res.get("settings") or {}).get(group, {}).get("anneal_end"))
     return base, runs
 
 
 def recipe(r: dict) -> str:
-    lrs = r.get("lr_schedule") or []
-    lr = f"lr {lrs[0]:g} -> {lrs[-1]:g}" if lrs else "lr ?"
-    return f"{r.get('epochs', '?')} epochs, {lr}"
+    if r.get("mode") == "scratch":  # the preset's own schedule from a fresh initialisation, as the dense model
+        txt = f"from scratch, {r.get('epochs', '?')} epochs (the dense recipe)"
+    else:
+        lrs = r.get("lr_schedule") or []
+        txt = f"{r.get('epochs', '?')} epochs, " + (f"lr {lrs[0]:g} -> {lrs[-1]:g}" if lrs else "lr ?")
+    anneal = r.get("_anneal_end")
+    if anneal is not None and anneal != 0.5:  # 0.5: recurrent.py's default, unnamed to keep the older rows as they were
+        txt += f", doping at final density from {anneal:.0%} of training"
+    return txt
 
 
 def rows_of(paths: list[Path], group: str) -> list[dict]:
@@ -66,14 +78,15 @@ def rows_of(paths: list[Path], group: str) -> list[dict]:
 
 def verdict(rows: list[dict]) -> dict:
     """Each method at its best recipe at the target ratio; doped KP against the target and every other method."""
-    at = [r for r in rows if r["ratio"] == TARGET_RATIO and r["mode"] == "retrain"]
+    at = [r for r in rows if r["ratio"] == TARGET_RATIO]  # retrained or trained from scratch: each at its best
     best: dict[str, dict] = {}
     for r in at:
         if r["method"] not in best or r["delta"] < best[r["method"]]["delta"]:
             best[r["method"]] = r
     mine = best.get(TARGET_METHOD)
     others = {m: r for m, r in best.items() if m != TARGET_METHOD}
-    return {"best": best, "within_target": mine is not None and mine["delta"] <= TARGET_DELTA,
+    margin = min((r["delta"] for r in others.values()), default=float("inf")) - (mine["delta"] if mine else 0.0)
+    return {"best": best, "within_target": mine is not None and mine["delta"] <= TARGET_DELTA, "margin": margin,
             "better_than_all": mine is not None and all(mine["delta"] < r["delta"] for r in others.values()),
             "beaten_by": sorted(m for m, r in others.items() if mine is not None and r["delta"] <= mine["delta"])}
 
@@ -111,7 +124,8 @@ def markdown(rows: list[dict], group: str) -> str:
         lines += ["", (f"- {TARGET_METHOD} within +{TARGET_DELTA}% at {TARGET_RATIO:g}x: "
                        f"{'met' if v['within_target'] else '**not met**'} ({mine['delta']:+.2f}%)."),
                   (f"- {TARGET_METHOD} better than every other method at {TARGET_RATIO:g}x (each at its best recipe): "
-                   + ("met." if v["better_than_all"] else f"**not met** (as good or better: {', '.join(v['beaten_by'])})."))]
+                   + ((f"met, but by only {v['margin']:.2f} points: within run-to-run noise." if v["margin"] < NOISE_POINTS
+                       else "met.") if v["better_than_all"] else f"**not met** (as good or better: {', '.join(v['beaten_by'])})."))]
     return "\n".join(lines) + "\n"
 
 

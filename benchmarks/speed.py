@@ -29,14 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
-from lmshrink.measure import lm_tokens_per_second  # noqa: E402
+from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
 
 LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
 
 
-def method_configs(rate: float, gq_rate: float, target: str = "vocab") -> dict[str, dict]:
+def method_configs(rate: float, gq_rate: float, target: str = "vocab", num_blocks: int = 10,
+                   rank_rule: str = "sqrt_frequency") -> dict[str, dict]:
     if target == "lstm":  # the inference forms of Thakker et al.'s and Grachev et al.'s methods
         return {
             "doped_kp": {"method": "doped_kronecker", "ratio": rate, "anneal": False},
@@ -47,11 +48,11 @@ def method_configs(rate: float, gq_rate: float, target: str = "vocab") -> dict[s
             "tt": {"method": "tt", "ratio": rate},
             "quantize-4bit": {"method": "quantize", "bits": 4},
         }
+    gr = {"num_blocks": num_blocks, "rank_rule": rank_rule, "refine_iters": 2}  # the benchmarks' recipe by default
     return {
         "svd": {"method": "svd", "ratio": rate},
-        "groupreduce": {"method": "groupreduce", "ratio": rate, "num_blocks": 5, "refine_iters": 2},
-        "groupreduce+q8": {"method": "quantize", "bits": 8, "ratio": gq_rate,
-                           "base": {"method": "groupreduce", "num_blocks": 5, "refine_iters": 2}},
+        "groupreduce": {"method": "groupreduce", "ratio": rate, **gr},
+        "groupreduce+q8": {"method": "quantize", "bits": 8, "ratio": gq_rate, "base": {"method": "groupreduce", **gr}},
         "prune": {"method": "prune", "ratio": rate},
         "quantize-8bit": {"method": "quantize", "bits": 8},
         "quantize-4bit": {"method": "quantize", "bits": 4},
@@ -64,15 +65,20 @@ def write_table(out_json: str) -> str:
     devices, rows, m, st = res["devices"], res["rows"], res["model"], res["setting"]
     what = "LSTM maps" if res.get("target") == "lstm" else "emb+softmax"
     head = ["method", f"ratio ({what})", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
+    parts = [d for d in devices if f"{d}_ms_parts" in rows[0]]  # --breakdown
+    head += [f"{d} ms {p}" for d in parts for p in ("encoder", "rnn", "decoder")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
         cells += [f"{r[f'{d}_tokens_per_s']:,.0f}" for d in devices]
         cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" for d in devices]
+        cells += [f"{r[f'{d}_ms_parts'][p]:.3f}" if f"{d}_ms_parts" in r else "" for d in parts
+                  for p in ("encoder", "rnn", "decoder")]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
-            f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; "
+            f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; float32 matmul precision "
+            f"{st.get('matmul_precision', 'highest (not recorded)')}; "
             + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); 'rebuilt dense' rows rebuild "
                "each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
                if what == "LSTM maps" else
@@ -96,6 +102,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads on CPU (0: leave as is)")
     ap.add_argument("--repeats", type=int, default=10, help="timed forward passes per measurement (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds over all models")
+    ap.add_argument("--num-blocks", type=int, default=10, help="GroupReduce blocks (vocab target)")
+    ap.add_argument("--rank-rule", default="sqrt_frequency", help="GroupReduce rank rule (vocab target)")
+    ap.add_argument("--matmul-precision", choices=("highest", "high"), default="highest",
+                    help="torch float32 matmul precision: highest (true fp32, PyTorch's default) or high (TF32 on GPU, as "
+                         "lmshrink's GPU training turns on); the verdict on the GPU can flip with it")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time encoder, LSTM and softmax separately (ms per window) on every device")
     ap.add_argument("--rebuilt", action="store_true",
                     help="--target lstm: also time each model with its LSTM weights rebuilt dense per window (fused kernel)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
@@ -103,9 +116,10 @@ def main(argv=None) -> int:
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
+    torch.set_float32_matmul_precision(args.matmul_precision)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     args.out = args.out or f"benchmarks/results/{'recurrent' if args.target == 'lstm' else 'vocab'}_speed.json"
-    cfgs = method_configs(args.rate, args.gq_rate, args.target)
+    cfgs = method_configs(args.rate, args.gq_rate, args.target, args.num_blocks, args.rank_rule)
     names = list(cfgs) if args.methods == "all" else args.methods.split(",")
     unknown = [n for n in names if n not in cfgs]
     if unknown:
@@ -116,7 +130,7 @@ def main(argv=None) -> int:
     dense = LSTMLanguageModel(V, hidden=args.hidden, layers=args.layers, init_scale=0.04).eval()
     counts = torch.round(V * 5.0 / torch.arange(1, V + 1)) + 1  # Zipf-like
     setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
-               "rate": args.rate, "gq_rate": args.gq_rate}
+               "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision}
 
     def speed(model, dev, fused=False):
         bs = setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
@@ -154,6 +168,14 @@ def main(argv=None) -> int:
             rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
             rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], per_round["dense"]))
             rows[n][f"{d}_rounds"] = per_round[n]
+        if args.breakdown:  # after the whole-model rounds, so it never disturbs them
+            for n, model in models.items():
+                if n in fused:
+                    continue
+                bs = setting["batch"]["cuda" if d.startswith("cuda") else "cpu"]
+                rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=bs, repeats=args.repeats)
+                model.cpu()
+                print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)
     rows = list(rows.values())
     base = {d: rows[0][f"{d}_tokens_per_s"] for d in devices}
     out = {"target": args.target, "model": {"vocab": V, "hidden": args.hidden, "layers": args.layers, "tied": False, "weights": "random"},

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vocab import RIVALS, TARGETS, UNCONVERGED, best_ratio_within, done_runs, fmt_speed  # noqa: E402
+from vocab import RIVALS, TARGETS, UNCONVERGED, best_ratio_within, done_runs, fmt_speed, win_note  # noqa: E402
 
 from lmshrink.io import write_atomic, write_json_atomic  # noqa: E402
 
@@ -62,7 +62,8 @@ def verdicts(res: dict) -> dict:
         if rivals:
             matched[f"{g['rate']:g}"] = {"groupreduce": g["test_ppl_after"],
                                          **{r["method"]: r["test_ppl_after"] for r in rivals},
-                                         "better_than_all": all(g["test_ppl_after"] < r["test_ppl_after"] for r in rivals)}
+                                         "better_than_all": all(g["test_ppl_after"] < r["test_ppl_after"] for r in rivals),
+                                         "margin": min(r["test_ppl_after"] for r in rivals) - g["test_ppl_after"]}
     out["matched_rates"] = matched
     # retraining that ends well below dense means it went on training an unconverged baseline (see vocab.targets)
     out["runs_below_dense"] = sum(r["test_ppl_after"] < UNCONVERGED * dense for r in runs)
@@ -104,7 +105,9 @@ def markdown(report: dict) -> str:
     for name, entry in report["baselines"].items():
         res, v = entry["result"], entry["verdicts"]
         matched = v["matched_rates"]
-        beat = ", ".join(f"{rate}x: " + (f"yes (vs {', '.join(k for k in m if k in RIVALS)})" if m["better_than_all"] else
+        dense = res["dense"]["test_ppl"]
+        beat = ", ".join(f"{rate}x: " + (f"yes (vs {', '.join(k for k in m if k in RIVALS)}"
+                                          f"{win_note(m.get('margin', float('inf')), dense)})" if m["better_than_all"] else
                                           "NO (" + ", ".join(f"{k} {m[k]:.2f} vs GR {m['groupreduce']:.2f}" for k in m
                                                              if k in RIVALS and m[k] <= m["groupreduce"]) + ")")
                          for rate, m in sorted(

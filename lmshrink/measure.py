@@ -100,3 +100,42 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     return {"tokens_per_s": batch_size * seq_len / med, "ms_per_token": 1000 * med / (batch_size * seq_len),
             "batch_size": batch_size, "seq_len": seq_len, "device": str(device), "repeats": repeats,
             "threads": torch.get_num_threads(), "fused": fused}
+
+
+def lm_forward_breakdown(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu", batch_size: int = 1,
+                         seq_len: int = 35, warmup: int = 3, repeats: int = 10, seed: int = 0) -> dict:
+    """Median milliseconds per window of each part of an LSTM LM's forward: ``encoder``, ``rnn``, ``decoder``.
+
+    Each part is timed on its own (synchronized before and after), on the inputs the previous part
+    produced, so the three add up to about a whole forward pass and show where a compressed layer's time
+    goes -- the whole-model ratio of :func:`lm_tokens_per_second` alone cannot say which layer is slow.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (seq_len, batch_size), generator=g).to(device)  # (T, B)
+    times: dict[str, list[float]] = {"encoder": [], "rnn": [], "decoder": []}
+
+    def timed(part: str, fn, keep: bool):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        if keep:
+            times[part].append(1000 * (time.perf_counter() - t0))
+        return out
+
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+        state = model.init_state(batch_size, device)
+        for i in range(warmup + repeats):
+            keep = i >= warmup
+            x = timed("encoder", lambda: model.encoder(ids), keep)  # (T, B, E)
+
+            def rnn(x=x):
+                for layer, s in zip(model.rnn.layers, state):
+                    x, _ = layer(x, s)
+                return x  # (T, B, H)
+
+            x = timed("rnn", rnn, keep)
+            timed("decoder", lambda x=x: model.decoder(x), keep)  # (T, B, V)
+    return {part: statistics.median(v) for part, v in times.items()}

@@ -116,12 +116,35 @@ def test_fast_paths_equal_dense_weight(flavour, bits):
     layer = apply(torch.randn(V, D), zipf(V), flavour, ratio=4, num_blocks=4, bits=bits)
     W = layer.dense_weight().detach()
     h = torch.randn(2, 5, D)
-    if flavour == "embedding":
-        ids = torch.randint(0, V, (4, 3))
-        torch.testing.assert_close(layer(ids), W[ids])
-        torch.testing.assert_close(layer.project(h), h @ W.t(), atol=1e-4, rtol=1e-4)
-    else:
-        torch.testing.assert_close(layer(h), h @ W.t() + layer.bias, atol=1e-4, rtol=1e-4)
+    if flavour == "linear":
+        with torch.no_grad():
+            layer.bias.copy_(torch.randn(V))  # a bias in vocabulary order must land on its own word's logit
+    # with autograd the blocks are concatenated; without it each block writes into one buffer (out=)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            if flavour == "embedding":
+                ids = torch.randint(0, V, (4, 3))
+                torch.testing.assert_close(layer(ids), W[ids])
+                torch.testing.assert_close(layer.project(h), h @ W.t(), atol=1e-4, rtol=1e-4)
+            else:
+                torch.testing.assert_close(layer(h), h @ W.t() + layer.bias, atol=1e-4, rtol=1e-4)
+
+
+def test_block_softmax_gradients_equal_dense_ones():
+    """Retraining goes through the autograd path: its gradients of the factors and the bias equal those of
+    the same weight written densely (W = rebuilt from U, V, so d loss/d U follows by the chain rule)."""
+    torch.manual_seed(4)
+    V, D = 200, 24
+    layer = apply(torch.randn(V, D), zipf(V), "linear", ratio=3, num_blocks=3)
+    with torch.no_grad():
+        layer.bias.copy_(torch.randn(V))
+    h, target = torch.randn(7, D), torch.randint(0, V, (7,))
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    fast = [p.grad.clone() for p in (layer.U, layer.V, layer.bias)]
+    layer.zero_grad()
+    torch.nn.functional.cross_entropy(h @ layer.dense_weight().t() + layer.bias, target).backward()
+    for a, b in zip(fast, (layer.U.grad, layer.V.grad, layer.bias.grad)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_quantized_factors_close_to_float():

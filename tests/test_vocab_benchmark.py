@@ -107,6 +107,16 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     vocab_mod = importlib.util.module_from_spec(vocab_spec)
     vocab_spec.loader.exec_module(vocab_mod)
     assert "CAUTION" in vocab_mod.targets(c)[0] and not any("CAUTION" in line for line in vocab_mod.targets(a))
+    # a win smaller than run-to-run noise (0.5% of dense) is flagged, a clear one is not, in both tables
+    tie = _result("ptb", 100.0, [("groupreduce", 10.0, 110.00), ("prune", 10.0, 110.30), ("groupreduce", 20.0, 120.0),
+                                 ("prune", 20.0, 125.0)])
+    (tmp_path / "tie.json").write_text(json.dumps(tie))
+    assert mod.main([str(tmp_path / "tie.json"), "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "10x: yes (vs prune, by only 0.30: within run-to-run noise)" in md and "20x: yes (vs prune) |" in md
+    lines = vocab_mod.targets(tie)
+    assert any("10x" in x and "better than all, by only 0.30" in x for x in lines)
+    assert any("20x" in x and x.endswith("(better than all)") for x in lines)
     with pytest.raises(SystemExit, match="two results for ptb-medium"):
         mod.main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(out)])
     (tmp_path / "bad.json").write_text("{\"runs\": {}}")
