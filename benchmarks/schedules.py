@@ -8,7 +8,14 @@ the best mean *dev* accuracy is chosen, and the *test* accuracy at that rate is 
 seeds, MR: folds). Same model (DAN over GloVe 6B 50d), Adam (eps 0.01), batch 50, epochs and CALR settings
 as ``textcls.py``; weights of the best dev epoch.
 
+CALR has a knob the others lack: how fast its upper bound decays (``--calr-decay``, the paper's 0.1 per
+epoch; 0.5 here by default). Given several decays, CALR's (peak rate, decay) pair is chosen on dev, and the
+table says CALR had that extra knob tuned. ``--reuse FILE`` keeps the runs a former result already holds
+(same model, epochs and Adam eps), so adding decays reruns only CALR.
+
     python benchmarks/schedules.py --data ../shared/data --out benchmarks/results/schedules.json
+    python benchmarks/schedules.py --schedules calr --calr-decay 0.1,0.3,0.5,0.7 --lrs 0.003,0.01,0.03,0.1,0.3 \
+        --reuse benchmarks/results/schedules.json --out benchmarks/results/schedules_calr_decay.json
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ SCHEDULES = ["calr", "constant", "cosine", "onecycle"]
 
 
 def job(spec: dict) -> list[dict]:
-    """Every (schedule, rate) for one (set, seed): the data and vectors are loaded once."""
+    """Every (schedule, rate, CALR decay) of ``todo`` for one (set, seed): the data and vectors are loaded once."""
     import torch
 
     torch.set_num_threads(1)
@@ -45,41 +52,44 @@ def job(spec: dict) -> list[dict]:
     E, _ = embedding_matrix(vocab, resolve_vectors("glove", spec["data"]), seed)
     V, d = E.shape
     rows = []
-    for sched in spec["schedules"]:
-        for lr in spec["lrs"]:
-            seed_everything(seed)
-            model = build_classifier(spec["model"], V, ds.num_classes, d)
-            model.load_embedding(E)
-            t0 = time.monotonic()
-            res = train_classifier(model, enc["train"], enc["dev"], epochs=spec["epochs"], schedule=sched, seed=seed,
-                                   batch_size=50, lr=lr, adam_eps=spec["adam_eps"], log=lambda *_: None,
-                                   calr_options={"step_size": "half_epoch", "decay": spec["calr_decay"]})
-            rows.append({"set": name, "seed": seed, "model": spec["model"], "schedule": sched, "lr": lr,
-                         "dev_accuracy": res["best_dev_accuracy"],
-                         "test_accuracy": evaluate_accuracy(model, enc["test"])["accuracy"],
-                         "wall_s": time.monotonic() - t0})
+    for sched, lr, decay in spec["todo"]:  # (schedule, peak rate, CALR decay or None)
+        seed_everything(seed)
+        model = build_classifier(spec["model"], V, ds.num_classes, d)
+        model.load_embedding(E)
+        t0 = time.monotonic()
+        res = train_classifier(model, enc["train"], enc["dev"], epochs=spec["epochs"], schedule=sched, seed=seed,
+                               batch_size=50, lr=lr, adam_eps=spec["adam_eps"], log=lambda *_: None,
+                               calr_options={"step_size": "half_epoch", "decay": decay or 0.5})  # decay: CALR rows only
+        rows.append({"set": name, "seed": seed, "model": spec["model"], "schedule": sched, "lr": lr, "calr_decay": decay,
+                     "dev_accuracy": res["best_dev_accuracy"],
+                     "test_accuracy": evaluate_accuracy(model, enc["test"])["accuracy"],
+                     "wall_s": time.monotonic() - t0})
     print(f"[{name} seed {seed}] {len(rows)} runs done", flush=True)
     return rows
 
 
 def select(rows: list[dict]) -> dict:
-    """Per set and schedule: the rate with the best mean dev accuracy, and test accuracy there."""
+    """Per set and schedule: the setting (peak rate, and CALR's decay) with the best mean dev accuracy, and test
+    accuracy there."""
     out: dict = {}
     for name in sorted({r["set"] for r in rows}):
         out[name] = {}
         for sched in SCHEDULES:
-            by_lr: dict = {}
+            by_cfg: dict = {}
             for r in rows:
                 if r["set"] == name and r["schedule"] == sched:
-                    by_lr.setdefault(r["lr"], []).append(r)
-            if not by_lr:
+                    by_cfg.setdefault((r["lr"], r.get("calr_decay")), []).append(r)
+            if not by_cfg:
                 continue
-            best = max(by_lr, key=lambda lr: statistics.mean(r["dev_accuracy"] for r in by_lr[lr]))
-            test = [r["test_accuracy"] for r in by_lr[best]]
-            out[name][sched] = {"lr": best, "dev_mean": statistics.mean(r["dev_accuracy"] for r in by_lr[best]),
+            best = max(by_cfg, key=lambda c: statistics.mean(r["dev_accuracy"] for r in by_cfg[c]))
+            test = [r["test_accuracy"] for r in by_cfg[best]]
+            decays = sorted({c[1] for c in by_cfg if c[1] is not None})
+            out[name][sched] = {"lr": best[0], "dev_mean": statistics.mean(r["dev_accuracy"] for r in by_cfg[best]),
                                 "test_mean": statistics.mean(test), "test_std": statistics.pstdev(test), "seeds": len(test),
-                                "test_mean_by_lr": {str(lr): statistics.mean(r["test_accuracy"] for r in rs)
-                                                    for lr, rs in sorted(by_lr.items())}}
+                                "test_mean_by_lr": {cfg_label(lr, d, len(decays) > 1): statistics.mean(
+                                    r["test_accuracy"] for r in rs) for (lr, d), rs in sorted(by_cfg.items())}}
+            if sched == "calr":
+                out[name][sched].update(decay=best[1], decays_tried=decays)
         sch = {s: v["test_mean"] for s, v in out[name].items()}
         if "calr" in sch and len(sch) > 1:
             other = max(v for s, v in sch.items() if s != "calr")
@@ -88,20 +98,29 @@ def select(rows: list[dict]) -> dict:
     return out
 
 
+def cfg_label(lr: float, decay: float | None, several: bool) -> str:
+    return f"{lr}/{decay}" if several else str(lr)
+
+
 def markdown(result: dict) -> str:
     s = result["settings"]
     lines = ["# Learning-rate schedules at their own best rate (DAN over GloVe 6B 50d)", "",
              f"Generated by `benchmarks/schedules.py`; {s['epochs']} epochs, Adam eps {s['adam_eps']}, batch 50, "
              f"peak rates {s['lrs']} (chosen per set and schedule by mean dev accuracy), seeds {s['seeds']} "
-             f"(MR: folds of a seeded 10-fold CV), CALR step half an epoch, decay {s['calr_decay']} per epoch; "
-             f"{result['wall_s'] / 60:.1f} min on {s['jobs']} process(es).", "",
+             f"(MR: folds of a seeded 10-fold CV), CALR step half an epoch, decay {s['calr_decay']} per epoch"
+             + (" (chosen on dev with the rate: one knob more than the other schedules get; 'test acc at each lr' "
+                "lists rate/decay)" if "," in str(s["calr_decay"]) else "") + "; "
+             f"{result['wall_s'] / 60:.1f} min on {s['jobs']} process(es)"
+             + (f" for the new runs; {s['reused_runs']} runs reused from `{Path(s['reuse']).name}`" if s.get("reused_runs") else "")
+             + ".", "",
              "| set | schedule | chosen peak lr | dev acc % | test acc % | test acc % at each lr |", "|---|---|---|---|---|---|"]
     for name, per in result["selected"].items():
         for sched, v in per.items():
             if sched.startswith("_"):
                 continue
             at = ", ".join(f"{lr}: {100 * a:.1f}" for lr, a in v["test_mean_by_lr"].items())
-            lines.append(f"| {name} | {sched} | {v['lr']} | {100 * v['dev_mean']:.2f} | "
+            chosen = f"{v['lr']}, decay {v['decay']}" if len(v.get("decays_tried") or []) > 1 else f"{v['lr']}"
+            lines.append(f"| {name} | {sched} | {chosen} | {100 * v['dev_mean']:.2f} | "
                          f"{100 * v['test_mean']:.2f} ± {100 * v['test_std']:.2f} | {at} |")
     lines.append("")
     for name, per in result["selected"].items():
@@ -110,6 +129,22 @@ def markdown(result: dict) -> str:
             lines.append(f"- {name}: CALR {100 * t['calr']:.2f}% vs best other {100 * t['best_other']:.2f}%: "
                          f"**{'met' if t['met'] else 'not met'}** (CALR at least as good as the best other schedule)")
     return "\n".join(lines) + "\n"
+
+
+def reused_rows(path: str, a) -> list[dict]:
+    """The runs of a former result made the same way (model, epochs, Adam eps), each with its CALR decay."""
+    import json
+
+    try:
+        res = json.loads(Path(path).read_text())
+        old, rows = res["settings"], res["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"schedules.py: cannot reuse {path}: not a schedules.py result ({e})")
+    for key in ("model", "epochs", "adam_eps"):
+        if old.get(key) != getattr(a, key):
+            raise SystemExit(f"schedules.py: cannot reuse {path}: its {key} is {old.get(key)!r}, this run's {getattr(a, key)!r}")
+    decay = old.get("calr_decay")  # results from before the decay list: one decay for all their CALR runs
+    return [{**r, "calr_decay": r.get("calr_decay", decay if r["schedule"] == "calr" else None)} for r in rows]
 
 
 def main(argv=None) -> int:
@@ -123,7 +158,8 @@ def main(argv=None) -> int:
     p.add_argument("--lrs", default="0.001,0.003,0.01,0.03", help="peak learning rates to choose from")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--adam-eps", type=float, default=0.01)
-    p.add_argument("--calr-decay", type=float, default=0.5)
+    p.add_argument("--calr-decay", default="0.5", help="CALR decay per epoch; a comma list is chosen on dev with the rate")
+    p.add_argument("--reuse", default=None, help="a former schedules.py result whose runs are kept, not rerun")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "schedules.json"))
     a = p.parse_args(argv)
@@ -131,14 +167,29 @@ def main(argv=None) -> int:
 
     t0 = time.monotonic()
     lrs = [float(x) for x in a.lrs.split(",")]
-    specs = [{"set": s, "seed": k, "model": a.model, "schedules": a.schedules.split(","), "lrs": lrs, "data": a.data,
-              "epochs": a.epochs, "adam_eps": a.adam_eps, "calr_decay": a.calr_decay}
-             for s in a.sets.split(",") for k in range(a.seeds)]
-    rows: list[dict] = []
+    try:
+        decays = [float(x) for x in a.calr_decay.split(",")]
+    except ValueError:
+        raise SystemExit(f"schedules.py: --calr-decay takes numbers, got {a.calr_decay!r}")
+    if not all(0 < d < 1 for d in decays):
+        raise SystemExit(f"schedules.py: every CALR decay must be in (0, 1), got {a.calr_decay}")
+    kept = reused_rows(a.reuse, a) if a.reuse else []
+    have = {(r["set"], r["seed"], r["schedule"], r["lr"], r.get("calr_decay")) for r in kept}
+    specs = []
+    for s in a.sets.split(","):
+        for k in range(a.seeds):
+            todo = [(sched, lr, d) for sched in a.schedules.split(",") for lr in lrs
+                    for d in (decays if sched == "calr" else [None]) if (s, k, sched, lr, d) not in have]
+            if todo:
+                specs.append({"set": s, "seed": k, "model": a.model, "todo": todo, "data": a.data, "epochs": a.epochs,
+                              "adam_eps": a.adam_eps})
+    rows: list[dict] = list(kept)
     with ProcessPoolExecutor(a.jobs) as pool:
         for r in pool.map(job, specs):
             rows += r
-    result = {"settings": {**vars(a), "lrs": lrs}, "wall_s": time.monotonic() - t0, "rows": rows, "selected": select(rows)}
+    settings = {**vars(a), "lrs": lrs, "calr_decay": decays[0] if len(decays) == 1 else a.calr_decay,
+                "reused_runs": len(kept)}
+    result = {"settings": settings, "wall_s": time.monotonic() - t0, "rows": rows, "selected": select(rows)}
     write_json_atomic(a.out, result)
     md = markdown(result)
     Path(a.out).with_suffix(".md").write_text(md)

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("recurrent_report", ROOT / "benchmarks" / "recurrent_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _result(dense: float, lr: float, epochs: int, runs: list[tuple[str, float, float]]) -> dict:
@@ -26,8 +15,8 @@ def _result(dense: float, lr: float, epochs: int, runs: list[tuple[str, float, f
                 "epochs": epochs, "lr_schedule": [lr] * (epochs - 1) + [lr / 50]} for m, r, p in runs}}
 
 
-def test_each_method_is_judged_at_its_best_recipe(tmp_path):
-    mod = _module()
+def test_each_method_is_judged_at_its_best_recipe(tmp_path, bench_module):
+    mod = bench_module("recurrent_report")
     (tmp_path / "a.json").write_text(json.dumps(_result(100.0, 1.0, 10, [("doped_kp", 25, 101.0), ("lmf", 25, 110.0),
                                                                          ("prune", 10, 100.5)])))
     (tmp_path / "b.json").write_text(json.dumps(_result(100.0, 0.2, 10, [("doped_kp", 25, 120.0), ("lmf", 25, 102.0)])))
@@ -45,10 +34,10 @@ def test_each_method_is_judged_at_its_best_recipe(tmp_path):
     assert "**not met** (as good or better: lmf)" in out.read_text()
 
 
-def test_scratch_runs_count_and_a_lead_within_noise_is_flagged(tmp_path):
+def test_scratch_runs_count_and_a_lead_within_noise_is_flagged(tmp_path, bench_module):
     """Runs trained from scratch are labelled as such and judged with the rest; a lead of doped KP smaller than
     run-to-run noise (0.5 points) is not reported as a plain win; a file's doping schedule is named."""
-    mod = _module()
+    mod = bench_module("recurrent_report")
     a = _result(100.0, 1.0, 20, [("doped_kp", 25, 108.0), ("prune", 25, 108.3)])
     a["settings"] = {"medium/ptb": {"anneal_end": 0.25}}
     b = _result(100.0, 1.0, 39, [("lmf", 25, 107.9)])
@@ -67,8 +56,8 @@ def test_scratch_runs_count_and_a_lead_within_noise_is_flagged(tmp_path):
     assert "**not met** (as good or better: lmf)" in md  # the scratch LMF run (+7.90%) is its best and beats doped KP
 
 
-def test_bad_files_are_refused_with_one_line(tmp_path):
-    mod = _module()
+def test_bad_files_are_refused_with_one_line(tmp_path, bench_module):
+    mod = bench_module("recurrent_report")
     (tmp_path / "x.json").write_text("{\"runs\": {}}")
     with pytest.raises(SystemExit, match="not a recurrent.py result"):
         mod.main([str(tmp_path / "x.json"), "--out", str(tmp_path / "r.md")])
