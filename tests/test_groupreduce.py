@@ -145,6 +145,12 @@ def test_block_softmax_gradients_equal_dense_ones():
     torch.nn.functional.cross_entropy(h @ layer.dense_weight().t() + layer.bias, target).backward()
     for a, b in zip(fast, (layer.U.grad, layer.V.grad, layer.bias.grad)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # only U trained (V and the bias frozen, the input a constant): still the autograd path, never an out= write
+    layer.zero_grad()
+    layer.V.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    torch.testing.assert_close(layer.U.grad, fast[0], atol=1e-5, rtol=1e-4)
 
 
 def test_quantized_factors_close_to_float():

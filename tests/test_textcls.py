@@ -322,7 +322,12 @@ def test_tuned_rates_come_per_set_and_schedule_from_a_schedules_result(tmp_path)
                           "mr": {"calr": {"lr": 0.3}, "constant": {"lr": 0.01}}}}
     f = tmp_path / "schedules.json"
     f.write_text(json.dumps(sched))
-    assert mod.load_tuned_lrs(str(f), ["trec"]) == {"model": "dan", "lrs": {"trec": {"calr": 0.1, "constant": 0.03}}}
+    assert mod.load_tuned_lrs(str(f), ["trec"]) == {"model": "dan", "lrs": {"trec": {"calr": 0.1, "constant": 0.03}},
+                                                    "calr_decays": None}
+    # a result where CALR's decay was chosen on dev too: each set's decay comes along
+    sched["selected"]["trec"]["calr"].update(decay=0.7, decays_tried=[0.5, 0.7])
+    f.write_text(json.dumps(sched))
+    assert mod.load_tuned_lrs(str(f), ["trec", "mr"])["calr_decays"] == {"trec": 0.7}
     with pytest.raises(SystemExit, match="no rates for sst2"):
         mod.load_tuned_lrs(str(f), ["trec", "sst2"])
     (tmp_path / "bad.json").write_text("{\"rows\": []}")

@@ -145,7 +145,7 @@ class _BlockLowRank(CompressedLayer):
         b = bias.to(dt).index_select(0, ix["order"]) if bias is not None else None  # (V,) block order
         blocks = [(U[self._u_off[t]:self._u_off[t + 1]].view(n, r), Z[:, self._r_off[t]:self._r_off[t + 1]],
                    self._starts[t], self._starts[t + 1]) for t, (n, r) in enumerate(zip(self.block_sizes, self.ranks))]
-        if torch.is_grad_enabled() and (Z.requires_grad or (b is not None and b.requires_grad)):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (Z, U, b)):
             # autograd cannot record out= writes: per-block results, then one cat
             outs = [Zt @ Ut.t() if b is None else torch.addmm(b[s:e], Zt, Ut.t()) for Ut, Zt, s, e in blocks]
             logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]  # (N, V) block order
