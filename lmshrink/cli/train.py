@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="cut the preset's schedule to N epochs")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    p.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 or bf16")
+    p.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 (TF32 matmuls on GPU) or bf16")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the training step as a CUDA graph and replay it (CUDA, --precision fp32, dense models)")
     p.add_argument("--seed", type=int, default=0)

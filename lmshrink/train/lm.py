@@ -45,7 +45,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """``auto``: bf16 autocast on GPU (fp32 master weights), fp32 on CPU. ``fp32``: no autocast."""
+    """``auto``: bf16 autocast on GPU (fp32 master weights), fp32 on CPU. ``fp32``: no autocast.
+
+    On a GPU this also turns TF32 matmuls on, for the whole process (PyTorch's flags are global): "fp32" training
+    there multiplies in TF32, and whatever runs afterwards in the same process does too -- ``benchmarks/vocab.py``
+    timed its models after retraining, so its GPU speeds are TF32 speeds (it records ``matmul_tf32``).
+    """
     check(precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {precision!r}")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
