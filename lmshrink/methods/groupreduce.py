@@ -14,6 +14,11 @@ Model Shrinking", NeurIPS 2018. For an embedding or softmax matrix A (V, D) and 
    ``"sqrt_frequency"`` (r ~ sqrt(fbar)), ``"log_frequency"`` (r ~ 1 + log(fbar / fbar_min)) and
    ``"uniform"`` (one rank for all). ``cap_t = floor(n_t D / (n_t + D))`` keeps every block smaller
    than its dense rows. With ``rank`` given, it is the least frequent block's rank ``s``.
+   Measured (``benchmarks/results/``): without retraining the best rule depends on the rate (on an
+   under-trained PTB small, sqrt won at 6.6x and frequency at 20x: ``groupreduce_sweep_cpu.md``), but after
+   retraining ``num_blocks=10, rank_rule="sqrt_frequency"`` did better (PTB small 20x: 136.96 against 145.90
+   with rank ~ frequency, ``vocab_ptb_small_cpu13_20x_*.md``), so the benchmarks use that; the defaults stay
+   the paper's.
 3. *Weighted low-rank fit per block* (Eq. 2): ``min_{U_t, V_t} sum_{i in block t} f_i ||A_i - U_{t,i} V_t||^2``.
    Row weights make this an ordinary SVD of ``diag(sqrt f) A_t``: its top-r right singular vectors are
    V_t and ``U_t = A_t V_t^T`` (the weights cancel in U). ``weighting="frequency"`` is Eq. 2; we offer
