@@ -4,7 +4,6 @@ every minute counts. Each stage's argv must parse under its script's own parser 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,26 +12,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class Parsed(Exception):
     pass
 
 
-def stage_args(smoke: bool) -> list[dict]:
+def stage_args(load, smoke: bool) -> list[dict]:
     gpu_all = load("gpu_all")
     args = gpu_all.build_parser().parse_args(["--data", "DATA", "--work", "WORK", "--results", "RES",
                                               *(["--smoke"] if smoke else [])])
     return gpu_all.stages(args)
 
 
-def test_baselines_option_trains_only_the_named_baselines():
-    gpu_all = load("gpu_all")
+def test_baselines_option_trains_only_the_named_baselines(bench_module):
+    gpu_all = bench_module("gpu_all")
     args = gpu_all.build_parser().parse_args(["--data", "D", "--work", "W", "--results", "R",
                                               "--baselines", "ptb-large,wikitext-2-medium"])
     base = gpu_all.stages(args)[0]
@@ -49,8 +41,8 @@ def test_baselines_option_trains_only_the_named_baselines():
 
 
 @pytest.mark.parametrize("smoke", [False, True])
-def test_every_stage_argv_parses_under_its_script(smoke, monkeypatch):
-    stages = stage_args(smoke)
+def test_every_stage_argv_parses_under_its_script(smoke, monkeypatch, bench_module):
+    stages = stage_args(bench_module, smoke)
     assert stages[0]["name"] == "baselines" and len({s["name"] for s in stages}) == len(stages)
     names = {s["name"] for s in stages}
     for s in stages:
@@ -69,15 +61,15 @@ def test_every_stage_argv_parses_under_its_script(smoke, monkeypatch):
 
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
         monkeypatch.setattr(sys, "argv", [s["argv"][1], *argv])
-        mod = load(script)
+        mod = bench_module(script)
         with pytest.raises(Parsed):
             mod.main(argv) if script != "baselines" else mod.main()
         monkeypatch.undo()
         assert seen["extra"] == [], f"{s['name']}: {script}.py does not know {seen['extra']}"
 
 
-def test_baseline_run_specs_carry_tying_and_graph_into_the_name_and_the_table():
-    baselines = load("baselines")
+def test_baseline_run_specs_carry_tying_and_graph_into_the_name_and_the_table(bench_module):
+    baselines = bench_module("baselines")
     run = baselines.parse_run("ptb:medium:fp32:tied:graph", "auto")
     assert (run["precision"], run["tied"], run["graph"], run["name"]) == ("fp32", True, True, "ptb-medium-fp32-tied-graph")
     assert baselines.parse_run("ptb:medium", "bf16")["name"] == "ptb-medium"  # the old names stay

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -192,10 +191,8 @@ def test_bad_input():
         make_config("groupreduce")
 
 
-def test_sweep_script_picks_on_validation_and_writes_its_table(tmp_path):
+def test_sweep_script_picks_on_validation_and_writes_its_table(tmp_path, bench_module):
     # benchmarks/groupreduce_sweep.py on a made-up corpus and an untrained model: every row present, finite
-    import importlib.util
-
     from lmshrink.data import load_corpus
     from lmshrink.io import save_model_dir
     from lmshrink.models import LSTMLanguageModel
@@ -210,9 +207,7 @@ def test_sweep_script_picks_on_validation_and_writes_its_table(tmp_path):
     torch.manual_seed(0)
     model = LSTMLanguageModel(len(corpus.vocab), hidden=16, layers=1, init_scale=0.1)
     save_model_dir(model, tmp_path / "m", vocab=corpus.vocab)
-    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "benchmarks" / "groupreduce_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("groupreduce_sweep")
     out = tmp_path / "sweep.json"
     assert mod.main(["--baseline", str(tmp_path / "m"), "--data", str(tmp_path / "data"), "--no-verify", "--ratios", "3",
                      "--blocks", "2,4", "--rules", "frequency", "--out", str(out)]) == 0

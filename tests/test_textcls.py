@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,17 +247,6 @@ def test_online_low_rank_works_on_language_models_too():
 
 
 # --------------------------------------------------------------------------- benchmark results schema
-def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "textcls.py"
-    spec = importlib.util.spec_from_file_location("textcls_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod, path.parent / "results" / "textcls.json"
-
-
 ROW_KEYS = {"set", "seed", "model", "variant", "test_accuracy"}
 
 
@@ -274,8 +264,8 @@ def _check_schema(result: dict) -> None:
             assert isinstance(t["met"], bool)
 
 
-def test_results_schema_from_synthetic_rows():
-    mod, _ = _bench()
+def test_results_schema_from_synthetic_rows(bench_module):
+    mod = bench_module("textcls")
     rows = []
     for seed, (d, on, ft) in enumerate([(0.90, 0.89, 0.85), (0.92, 0.90, 0.86)]):
         common = {"set": "toy", "seed": seed, "model": "dan", "embedding_bytes": 100.0, "model_bytes": 200.0}
@@ -300,7 +290,7 @@ def test_results_schema_from_synthetic_rows():
 
 
 def test_committed_results_follow_the_schema():
-    _, path = _bench()
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "textcls.json"
     files = sorted(path.parent.glob("textcls*.json"))  # textcls.json and its variants (e.g. tuned rates)
     if not files:
         pytest.skip("benchmarks/results/textcls.json not generated yet")
@@ -315,8 +305,8 @@ def test_utf8_bom_is_not_part_of_the_label(tmp_path):
     assert [e.label for e in ex] == [1, 0] and rep.encoding == "utf-8"
 
 
-def test_tuned_rates_come_per_set_and_schedule_from_a_schedules_result(tmp_path):
-    mod, _ = _bench()
+def test_tuned_rates_come_per_set_and_schedule_from_a_schedules_result(tmp_path, bench_module):
+    mod = bench_module("textcls")
     sched = {"settings": {"model": "dan"},
              "selected": {"trec": {"calr": {"lr": 0.1}, "constant": {"lr": 0.03}, "_target_calr_at_least_best_other": None},
                           "mr": {"calr": {"lr": 0.3}, "constant": {"lr": 0.01}}}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import subprocess
@@ -28,10 +27,8 @@ def tiny_corpus(root: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_vocab_benchmark_end_to_end(tmp_path, jobs):
-    spec = importlib.util.spec_from_file_location("vocab_bench", ROOT / "benchmarks" / "vocab.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_vocab_benchmark_end_to_end(tmp_path, jobs, bench_module):
+    mod = bench_module("vocab")
     data = tiny_corpus(tmp_path / "data")
     res = tmp_path / "res" / "vocab.json"
     argv = ["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
@@ -73,10 +70,8 @@ def _result(corpus: str, dense: float, runs: list[tuple[str, float, float]]) -> 
                                     "test_ppl_after": p, "bytes_on_disk": int(1000 / r)} for m, r, p in runs}}
 
 
-def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
-    spec = importlib.util.spec_from_file_location("vocab_report", ROOT / "benchmarks" / "vocab_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_vocab_report_computes_each_baselines_verdicts(tmp_path, bench_module):
+    mod = bench_module("vocab_report")
     a = _result("ptb", 100.0, [("groupreduce", 6.6, 100.9), ("groupreduce_q", 26.0, 103.5), ("svd", 6.6, 110.0),
                                ("prune", 6.6, 100.5)])
     b = _result("wikitext-2", 90.0, [("groupreduce", 10.0, 90.5), ("groupreduce_q", 26.0, 92.0), ("svd", 10.0, 99.0)])
@@ -103,9 +98,7 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(c))
     assert mod.main([str(tmp_path / "c.json"), "--out", str(out)]) == 0
     assert "ptb-medium (CAUTION: runs end below dense" in out.with_suffix(".md").read_text()
-    vocab_spec = importlib.util.spec_from_file_location("vocab_bench_targets", ROOT / "benchmarks" / "vocab.py")
-    vocab_mod = importlib.util.module_from_spec(vocab_spec)
-    vocab_spec.loader.exec_module(vocab_mod)
+    vocab_mod = bench_module("vocab")
     assert "CAUTION" in vocab_mod.targets(c)[0] and not any("CAUTION" in line for line in vocab_mod.targets(a))
     # a win smaller than run-to-run noise (0.5% of dense) is flagged, a clear one is not, in both tables
     tie = _result("ptb", 100.0, [("groupreduce", 10.0, 110.00), ("prune", 10.0, 110.30), ("groupreduce", 20.0, 120.0),
@@ -127,10 +120,8 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path):
 @pytest.mark.parametrize("lr, says", [*((v, "--finetune-lr must be a positive number") for v in ("-1", "0", "nan", "inf")),
                                       ("0.1,abc", "numbers separated by commas"), ("0.1,0.1", "distinct rates"),
                                       ("0.1,-1", "must be a positive number")])
-def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path, lr, says, capsys):
-    spec = importlib.util.spec_from_file_location("vocab_bench_lr", ROOT / "benchmarks" / "vocab.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path, lr, says, capsys, bench_module):
+    mod = bench_module("vocab")
     res = tmp_path / "r.json"
     assert mod.main(["--baseline", str(tmp_path / "none"), "--finetune-lr", lr, "--results", str(res),
                      "--work", str(tmp_path / "w")]) == 2
@@ -139,12 +130,10 @@ def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path,
     assert not res.exists() and not (tmp_path / "w").exists()
 
 
-def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_validation_prefers(tmp_path):
+def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_validation_prefers(tmp_path, bench_module):
     """``--finetune-lr 1,0.001``: one run per (method, rate, first rate); verdicts, plot and report use, per
     (method, rate), the run with the best validation perplexity; the table shows every run and marks the chosen."""
-    spec = importlib.util.spec_from_file_location("vocab_bench_several", ROOT / "benchmarks" / "vocab.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module("vocab")
     data = tiny_corpus(tmp_path / "data")
     res = tmp_path / "vocab.json"
     threads = torch.get_num_threads()
@@ -168,8 +157,6 @@ def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_val
     # each run kept its own model directory; no retraining checkpoint is left behind
     assert {p.name for p in (tmp_path / "work" / "models").iterdir()} == set(out["runs"])
     assert not any((tmp_path / "work" / "finetune").glob("*"))
-    rep = importlib.util.spec_from_file_location("vocab_report_several", ROOT / "benchmarks" / "vocab_report.py")
-    report = importlib.util.module_from_spec(rep)
-    rep.loader.exec_module(report)
+    report = bench_module("vocab_report")
     assert report.main([str(res), "--out", str(tmp_path / "report.json")]) == 0
     assert "first rate chosen on validation from 1, 0.001" in (tmp_path / "report.md").read_text()
