@@ -25,8 +25,9 @@ slows 3x: large 19.2 min, medium 10.4 min. Worse with more beside it (2026-11-23
 baselines plus six PTB small vocabulary runs and two LSTM runs shared one H100, and in 28 min the large baseline
 reached epoch 47 of 55 (alone: 7.6 min); the lent machine went back after 30 minutes held and took the checkpoint
 with it. On machines lent for 30 minutes, start only what finishes on that machine, big baselines alone first.
-Stages run in parallel processes and their compression is CPU work: each stage gets ``OMP_NUM_THREADS`` = cores / 6. Without that, nine processes of 16 OpenMP threads on 16 cores spent whole calls
-compressing without a run starting (a CPU test of the same oversubscription: six processes of two threads on
+Stages run in parallel processes and their compression is CPU work: each stage gets ``OMP_NUM_THREADS`` =
+cores / 6. Without that, nine processes of 16 OpenMP threads on 16 cores spent whole calls compressing without a
+run starting (a CPU test of the same oversubscription: six processes of two threads on
 two cores took 30-70 s per medium LSTM compression instead of 0.6-1.6 s). The work directory must survive
 between calls.
 

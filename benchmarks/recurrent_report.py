@@ -35,7 +35,8 @@ TARGET_METHOD, TARGET_RATIO, TARGET_DELTA = "doped_kp", 25.0, 1.4  # Thakker et 
 NOISE_POINTS = 0.5
 
 
-def load(path: Path, group: str) -> tuple[dict, list[dict]]:
+def load(path: Path, group: str) -> tuple[dict, list[dict], float | None]:
+    """(dense baseline, finished runs, the file's doping anneal end) of one recurrent.py result."""
     try:
         res = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -46,18 +47,16 @@ def load(path: Path, group: str) -> tuple[dict, list[dict]]:
     if base is None:
         raise SystemExit(f"recurrent_report: {path} has no dense baseline for {group}")
     runs = [r for r in res.get("runs", {}).values() if r.get("group") == group and r.get("status") == "ok"]
-    for r in runs:  # a file-level setting that moves doped KP: when its doping reaches the final density
-        r.setdefault("_anneal_end", (res.get("settings") or {}).get(group, {}).get("anneal_end"))
-    return base, runs
+    # a file-level setting that moves doped KP: when its doping reaches the final density
+    return base, runs, (res.get("settings") or {}).get(group, {}).get("anneal_end")
 
 
-def recipe(r: dict) -> str:
+def recipe(r: dict, anneal: float | None = None) -> str:
     if r.get("mode") == "scratch":  # the preset's own schedule from a fresh initialisation, as the dense model
         txt = f"from scratch, {r.get('epochs', '?')} epochs (the dense recipe)"
     else:
         lrs = r.get("lr_schedule") or []
         txt = f"{r.get('epochs', '?')} epochs, " + (f"lr {lrs[0]:g} -> {lrs[-1]:g}" if lrs else "lr ?")
-    anneal = r.get("_anneal_end")
     if anneal is not None and anneal != 0.5:  # 0.5: recurrent.py's default, unnamed to keep the older rows as they were
         txt += f", doping at final density from {anneal:.0%} of training"
     return txt
@@ -66,9 +65,9 @@ def recipe(r: dict) -> str:
 def rows_of(paths: list[Path], group: str) -> list[dict]:
     out = []
     for p in paths:
-        base, runs = load(p, group)
+        base, runs, anneal = load(p, group)
         for r in runs:
-            out.append({"source": p.name, "recipe": recipe(r), "method": r["label"], "ratio": r["ratio_target"],
+            out.append({"source": p.name, "recipe": recipe(r, anneal), "method": r["label"], "ratio": r["ratio_target"],
                         "test_ppl": r["test_ppl"], "dense": base["test_ppl"],
                         "delta": 100 * (r["test_ppl"] / base["test_ppl"] - 1), "mode": r.get("mode"),
                         "gpu": r.get("gpu_tokens_per_s"), "gpu_fused": r.get("gpu_tokens_per_s_fused"),

@@ -21,6 +21,7 @@ table says CALR had that extra knob tuned. ``--reuse FILE`` keeps the runs a for
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -133,8 +134,6 @@ def markdown(result: dict) -> str:
 
 def reused_rows(path: str, a) -> list[dict]:
     """The runs of a former result made the same way (model, epochs, Adam eps), each with its CALR decay."""
-    import json
-
     try:
         res = json.loads(Path(path).read_text())
         old, rows = res["settings"], res["rows"]

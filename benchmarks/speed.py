@@ -132,9 +132,11 @@ def main(argv=None) -> int:
     setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
                "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision}
 
+    def batch(dev: str) -> int:
+        return setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
+
     def speed(model, dev, fused=False):
-        bs = setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
-        r = lm_tokens_per_second(model, V, dev, batch_size=bs, repeats=args.repeats, warmup=3, fused=fused)["tokens_per_s"]
+        r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused)["tokens_per_s"]
         model.cpu()
         return r
 
@@ -172,8 +174,7 @@ def main(argv=None) -> int:
             for n, model in models.items():
                 if n in fused:
                     continue
-                bs = setting["batch"]["cuda" if d.startswith("cuda") else "cpu"]
-                rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=bs, repeats=args.repeats)
+                rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)
                 model.cpu()
                 print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)
     rows = list(rows.values())
