@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -252,3 +253,129 @@ def test_speed_measurement_leaves_the_model_trainable():
     finally:
         torch.nn.Module.to = real_to
     assert seen == {"inference": False}
+
+
+def test_plan_block_groups():
+    from lmshrink.layers.block_low_rank import plan_block_groups
+
+    sizes, ranks = [50, 40, 30, 20, 10], [9, 7, 5, 3, 1]
+    assert plan_block_groups(sizes, ranks, 1) == [[0, 1, 2, 3, 4]]
+    assert plan_block_groups(sizes, ranks, 5) == plan_block_groups(sizes, ranks, 9) == [[t] for t in range(5)]
+    assert plan_block_groups([10] * 4, [100, 10, 10, 10], 2) == [[0], [1, 2, 3]]
+    assert plan_block_groups([10] * 4, [100, 10, 10, 10], 3) == [[0], [1, 2, 3]]  # a third launch saves nothing
+    assert plan_block_groups([10] * 4, [10, 10, 100, 10], 2) == [[2], [0, 1, 3]]  # sorted by rank, not by position
+    # brute force over every contiguous split of the rank order: the DP's cost is the minimum
+    sizes, ranks = [5, 90, 40, 70, 10, 60], [30, 2, 25, 4, 9, 12]
+    order = sorted(range(6), key=lambda t: -ranks[t])
+
+    def cost(groups):
+        return sum(len(g) * max(sizes[t] for t in g) * max(ranks[t] for t in g) for g in groups)
+
+    for G in (2, 3):
+        got = plan_block_groups(sizes, ranks, G)
+        assert len(got) <= G and sorted(t for g in got for t in g) == list(range(6))
+        best = min(cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, 6))])
+                   for cuts in itertools.combinations(range(1, 6), G - 1))
+        assert cost(got) == best
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(LmshrinkError, match="group_gemms"):
+            plan_block_groups(sizes, ranks, bad)
+
+
+def handmade_layer(bias: bool, bits: int | None = None):
+    from lmshrink.layers.block_low_rank import BlockLowRankLinear
+
+    g = torch.Generator().manual_seed(7)
+    sizes, ranks, V, D = [30, 50, 20, 40, 25], [5, 12, 3, 7, 7], 165, 16  # unequal sizes and ranks
+    layer = BlockLowRankLinear(V, D, sizes, ranks, bits=bits, bias=bias)
+    layer.set_factors(torch.randperm(V, generator=g), [torch.randn(n, r, generator=g) for n, r in zip(sizes, ranks)],
+                      [torch.randn(r, D, generator=g) for r in ranks])
+    if bias:
+        with torch.no_grad():
+            layer.bias.copy_(torch.randn(V, generator=g))
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bits", [None, 8])
+def test_grouped_softmax_equals_per_block_and_dense(bias, bits):
+    """Every grouping gives the per-block logits and ``h W^T + b`` (the zero padding of U and of Z must not leak)."""
+    layer = handmade_layer(bias, bits)
+    h = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1))
+    want = h @ layer.dense_weight().t() + (layer.bias if bias else 0)
+    scale = float(want.abs().max())
+    with torch.no_grad():
+        per_block = layer(h)
+        for G in (1, 2, 3, 5, 8):
+            layer.group_gemms = G
+            got = layer(h)
+            assert got.shape == (3, 4, 165)
+            torch.testing.assert_close(got, per_block, atol=1e-5 * scale, rtol=0)
+            torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=0)
+        with torch.inference_mode():  # and with inference tensors (no version counters)
+            torch.testing.assert_close(layer(h), want, atol=1e-5 * scale, rtol=0)
+
+
+def test_grouped_cache_follows_the_factors():
+    layer = handmade_layer(True)
+    layer.group_gemms = 2
+    h = torch.randn(5, 16)
+    with torch.no_grad():
+        layer(h)
+        layer.U.mul_(2)  # in place: bumps U's version
+        torch.testing.assert_close(layer(h), h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
+        layer.bias.add_(1)
+        torch.testing.assert_close(layer(h), h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
+        before = layer(h)
+        sizes, ranks = layer.block_sizes, layer.ranks
+        g = torch.Generator().manual_seed(9)
+        layer.set_factors(torch.randperm(165, generator=g), [torch.randn(n, r, generator=g) for n, r in zip(sizes, ranks)],
+                          [torch.randn(r, 16, generator=g) for r in ranks])
+        got = layer(h)
+        torch.testing.assert_close(got, h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
+        assert not torch.allclose(got, before, atol=1e-2)
+    q = handmade_layer(False, bits=8)  # packed: requantizing must show up in the output (no stale cache)
+    q.group_gemms = 3
+    with torch.no_grad():
+        q(h)
+        U, _ = q.factors()
+        q.U.set_(3 * U.view(1, -1))
+        torch.testing.assert_close(q(h), h @ q.dense_weight().t(), atol=1e-3, rtol=1e-4)
+
+
+def test_grouped_setting_ignored_under_autograd():
+    layer = handmade_layer(True)
+    layer.group_gemms = 2
+    h, target = torch.randn(6, 16), torch.randint(0, 165, (6,))
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    grads = [p.grad.clone() for p in (layer.U, layer.V, layer.bias)]
+    layer.zero_grad()
+    layer.group_gemms = None
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    for a, p in zip(grads, (layer.U, layer.V, layer.bias)):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_set_group_gemms_on_a_compressed_model():
+    from lmshrink.compress import Plan, compress
+    from lmshrink.layers.block_low_rank import _BlockLowRank, set_group_gemms
+    from lmshrink.models import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    V = 120
+    model = LSTMLanguageModel(V, hidden=16, layers=1).eval()
+    cfg = make_config("groupreduce", ratio=3, num_blocks=3)
+    compress(model, Plan({"encoder": cfg, "decoder": cfg}, "untie"), {"word_counts": zipf(V)})
+    ids = torch.randint(0, V, (2, 5))
+    with torch.no_grad():
+        want = model(ids)[0] if isinstance(model(ids), tuple) else model(ids)
+        assert set_group_gemms(model, 2) == 2
+        assert all(m.group_gemms == 2 for m in model.modules() if isinstance(m, _BlockLowRank))
+        got = model(ids)[0] if isinstance(model(ids), tuple) else model(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert "group_gemms" not in json.dumps([m.spec() for m in model.modules() if isinstance(m, _BlockLowRank)])
+    assert set_group_gemms(model, None) == 2
+    with pytest.raises(LmshrinkError):
+        set_group_gemms(model, 0)
+    assert set_group_gemms(torch.nn.Linear(2, 2), 3) == 0

@@ -24,6 +24,23 @@ Fast paths (no (V, D) matrix is ever built in forward):
 - embedding lookup: each id's U row is scattered into its block's columns of an (N, sum r_t) matrix,
   then one GEMM with V; where each word's U row starts, its rank and its block's first column of V
   are cached per word, so a lookup is three gathers, a scatter and the GEMM.
+
+Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
+the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
+over a group of blocks zero-padded to the group's largest block size and rank. Why: at PTB-large shapes the
+ten block GEMMs are small and launch/overhead bound on a GPU, so fewer, larger launches should win even
+though the padding adds multiply-adds; :func:`plan_block_groups` picks the groups that minimise the padded
+multiply-adds ``sum_g k_g n_max r_max`` for the allowed number of launches (exact DP over the blocks sorted by
+rank). The padded U, (k_g, n_max, r_max) per group, is an inference cache derived from U (never saved, not
+in ``spec()``): its size is ``sum_g k_g n_max r_max`` entries against U's ``sum_t n_t r_t``, i.e. U's size
+times (padded multiply-adds / exact ones) -- at the PTB-large ranks above (10 blocks of 1000 words) 4.16x
+with G = 1, 1.58x with G = 2, 1.19x with G = 3, 1.0x with G = c; in float32 whatever U's storage is. The
+padded logits of all groups go to vocabulary order with one ``index_select`` (no block-order buffer, no
+separate ``word_pos`` permutation). It is rebuilt when U, the bias or ``word_pos``
+change (data pointer and version, like the index cache) and after ``set_factors``; for a quantized layer
+(``bits``) it is not cached at all (U is dequantized per call anyway, and a cache keyed on the float copy
+could serve stale values after requantization), the padded copy is rebuilt per call with one ``index_copy_``.
+Only without autograd: training keeps the per-block path.
 """
 
 from __future__ import annotations
@@ -43,6 +60,60 @@ def index_dtype(n: int) -> torch.dtype:
 
 def default_flat_group(group_size: int | None) -> int:
     return group_size if group_size else 128
+
+
+def plan_block_groups(block_sizes: list[int], ranks: list[int], max_groups: int) -> list[list[int]]:
+    """Split blocks into at most ``max_groups`` groups for batched GEMMs, minimising padded multiply-adds.
+
+    Blocks are sorted by rank (descending, ties by index) and cut into contiguous runs of that order; a group
+    costs ``len(g) * max n_t * max r_t`` per token (every block padded to the group's largest size and rank).
+    Exact DP over the cut points, O(G c^2): c is at most a few hundred. Among equally cheap plans the one with
+    the fewest groups (launches) wins. Groups come out in rank order, each group's blocks in index order.
+    """
+    check(isinstance(max_groups, int) and not isinstance(max_groups, bool) and max_groups >= 1,
+          f"group_gemms must be an integer >= 1, got {max_groups!r}")
+    c = len(ranks)
+    check(c == len(block_sizes) and c > 0, "block_sizes and ranks must have one entry per block")
+    if max_groups >= c:
+        return [[t] for t in range(c)]
+    order = sorted(range(c), key=lambda t: (-ranks[t], t))
+    # cost[i][j]: blocks order[i:j] as one group (j > i)
+    cost = [[0] * (c + 1) for _ in range(c + 1)]
+    for i in range(c):
+        n_max = 0
+        for j in range(i + 1, c + 1):
+            n_max = max(n_max, block_sizes[order[j - 1]])
+            cost[i][j] = (j - i) * n_max * ranks[order[i]]  # order[i] has the group's largest rank
+    inf = float("inf")
+    best = [[inf] * (c + 1) for _ in range(max_groups + 1)]  # best[g][j]: first j blocks in g groups
+    cut = [[0] * (c + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0
+    for g in range(1, max_groups + 1):
+        for j in range(g, c + 1):
+            for i in range(g - 1, j):
+                v = best[g - 1][i] + cost[i][j]
+                if v < best[g][j]:
+                    best[g][j], cut[g][j] = v, i
+    g = min(range(1, max_groups + 1), key=lambda k: (best[k][c], k))
+    groups, j = [], c
+    while g > 0:
+        i = cut[g][j]
+        groups.append(sorted(order[i:j]))
+        j, g = i, g - 1
+    return groups[::-1]
+
+
+def set_group_gemms(model: nn.Module, max_groups: int | None) -> int:
+    """Set ``group_gemms`` (the grouped softmax's number of batched GEMMs, ``None``: per block) on every
+    block low-rank layer of ``model``; returns how many layers were set. A runtime knob, never saved."""
+    check(max_groups is None or (isinstance(max_groups, int) and not isinstance(max_groups, bool) and max_groups >= 1),
+          f"group_gemms must be an integer >= 1 or None, got {max_groups!r}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _BlockLowRank):
+            m.group_gemms = max_groups
+            n += 1
+    return n
 
 
 class _BlockLowRank(CompressedLayer):
@@ -73,6 +144,8 @@ class _BlockLowRank(CompressedLayer):
             self._r_off.append(self._r_off[-1] + r)
             self._starts.append(self._starts[-1] + n)
         self._cache: dict = {}
+        self.group_gemms: int | None = None  # grouped softmax (see the module docstring); a runtime knob
+        self._gcache: dict = {}  # the grouped path's plan, indices and padded U / bias
 
     # ------------------------------------------------------------------ storage helpers
     def spec(self) -> dict:
@@ -92,7 +165,7 @@ class _BlockLowRank(CompressedLayer):
         V = torch.cat(V_blocks, 0).float()
         assert U.numel() == self.u_len and tuple(V.shape) == (self.r_total, self.dim)
         self.word_pos.copy_(word_pos.to(self.word_pos.dtype))
-        self._cache = {}
+        self._cache, self._gcache = {}, {}
         if self.nbits is None:
             self.U.copy_(U)
             self.V.copy_(V)
@@ -128,6 +201,84 @@ class _BlockLowRank(CompressedLayer):
             }
         return self._cache
 
+    def _grouped(self, device, dtype, U: torch.Tensor, bias: torch.Tensor | None) -> dict:
+        """The grouped path's tensors: the plan's index tensors (cached per device, groups and ``word_pos``)
+        and the padded U / bias (cached per their versions too, except for packed layers: see module doc)."""
+        ix = self._index(device)
+        skey = (self.group_gemms, device, ix["key"])
+        if self._gcache.get("skey") != skey:
+            groups = plan_block_groups(self.block_sizes, self.ranks, self.group_gemms)
+            shapes, u_dst, zcol, col_of_pos = [], [], [], []  # col_of_pos: block-order position -> padded column
+            u_base = col_base = 0
+            for g in groups:
+                k, n_max, r_max = len(g), max(self.block_sizes[t] for t in g), max(self.ranks[t] for t in g)
+                shapes.append((k, n_max, r_max))
+                for i, t in enumerate(g):
+                    n, r = self.block_sizes[t], self.ranks[t]
+                    rows = u_base + i * n_max * r_max + torch.arange(n)[:, None] * r_max  # (n, 1)
+                    u_dst.append((rows + torch.arange(r)[None, :]).reshape(-1))  # U_t row-major -> padded slot
+                    zc = torch.full((r_max,), self.r_total)  # padding reads the appended zero row of Z^T
+                    zc[:r] = torch.arange(self._r_off[t], self._r_off[t] + r)
+                    zcol.append(zc)
+                    col_of_pos.append((self._starts[t], col_base + i * n_max + torch.arange(n)))
+                u_base += k * n_max * r_max
+                col_base += k * n_max
+            # u_dst was built group by group; U is stored block by block: reorder to block order
+            blocks = [t for g in groups for t in g]
+            u_dst_block = [None] * len(blocks)
+            for chunk, t in zip(u_dst, blocks):
+                u_dst_block[t] = chunk
+            pos_col = torch.empty(self.num_rows, dtype=torch.long)
+            for s0, cols in col_of_pos:
+                pos_col[s0:s0 + len(cols)] = cols
+            src = pos_col.to(device).index_select(0, ix["pos"])  # (V,) each word's column in the padded logits
+            self._gcache = {"skey": skey, "groups": groups, "shapes": shapes, "u_len": u_base, "cols": col_base,
+                            "u_dst": torch.cat(u_dst_block).to(device), "zcol": torch.cat(zcol).to(device), "src": src}
+        gc = self._gcache
+        packed = self.nbits is not None
+
+        def ver(t):  # inference tensors keep no version counter (see _index)
+            return -1 if torch.is_inference(t) else t._version
+
+        vkey = None if packed else (dtype, self.U.data_ptr(), ver(self.U),
+                                    None if bias is None else (bias.data_ptr(), ver(bias), bias.dtype))
+        if packed or gc.get("vkey") != vkey:
+            u_pad = U.new_zeros(gc["u_len"]).index_copy_(0, gc["u_dst"], U)  # zeros in the padding
+            b_pad = None if bias is None else U.new_zeros(gc["cols"]).index_copy_(0, gc["src"], bias.to(dtype))
+            Us, bs, uo, co = [], [], 0, 0
+            for k, n, r in gc["shapes"]:
+                Us.append(u_pad[uo:uo + k * n * r].view(k, n, r))  # (k, n_max, r_max)
+                bs.append(None if b_pad is None else b_pad[co:co + k * n].view(k, 1, n))  # (k, 1, n_max)
+                uo, co = uo + k * n * r, co + k * n
+            vals = {"U": Us, "b": bs}
+            if packed:
+                return {**gc, **vals}
+            gc.update(vals, vkey=vkey)
+        return gc
+
+    def _project_grouped(self, h2: torch.Tensor, V: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # h2 (N, D) -> logits (N, V) in vocabulary order, one baddbmm per group of blocks
+        gc = self._grouped(h2.device, h2.dtype, U, bias)
+        N = h2.shape[0]
+        zt = h2.new_empty(self.r_total + 1, N)  # Z^T (sum r_t + 1, N), last row zero: the padding's source
+        torch.mm(V, h2.t(), out=zt[: self.r_total])
+        zt[self.r_total].zero_()
+        zg = zt.index_select(0, gc["zcol"])  # (sum_g k_g r_max, N): every group's Z columns, padded, at once
+        pad = h2.new_empty(N, gc["cols"])  # (N, sum_g k_g n_max) padded logits, group by group
+        zo = co = 0
+        for (k, n, r), Ug, bg in zip(gc["shapes"], gc["U"], gc["b"]):
+            Zg = zg[zo:zo + k * r].view(k, r, N).transpose(1, 2)  # (k, N, r_max)
+            # (k, N, n_max), strided into pad: on CPU (2 threads, PTB-large shapes) writing there directly beat a
+            # contiguous result + copy at N = 2240 (144 vs 160 ms at G = 2) though not at N = 35 (2.2 vs 1.8 ms)
+            out = pad[:, co:co + k * n].view(N, k, n).transpose(0, 1)
+            if bg is None:
+                torch.bmm(Zg, Ug.transpose(1, 2), out=out)
+            else:
+                torch.baddbmm(bg, Zg, Ug.transpose(1, 2), out=out)
+            zo, co = zo + k * r, co + k * n
+        # one gather from the padded columns straight to vocabulary order (replaces the word_pos permutation)
+        return pad.index_select(1, gc["src"])  # (N, V)
+
     # ------------------------------------------------------------------ math
     def dense_weight(self) -> torch.Tensor:
         blocks = [u @ v for u, v in self.block_factors()]  # each (n_t, D), block order
@@ -141,6 +292,9 @@ class _BlockLowRank(CompressedLayer):
         ix = self._index(h.device)
         lead = h.shape[:-1]
         h2 = h.reshape(-1, self.dim)
+        if self.group_gemms is not None and not (
+                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h2, U, V, bias))):
+            return self._project_grouped(h2, V, U, bias).view(*lead, self.num_rows)
         Z = h2 @ V.t()  # (N, sum r_t): all blocks' inner projections in one GEMM
         b = bias.to(dt).index_select(0, ix["order"]) if bias is not None else None  # (V,) block order
         blocks = [(U[self._u_off[t]:self._u_off[t + 1]].view(n, r), Z[:, self._r_off[t]:self._r_off[t + 1]],
