@@ -7,6 +7,8 @@ packed at its final density, pruning one-shot). Weights are random -- speed does
 Every model is timed with :func:`lmshrink.measure.lm_tokens_per_second` on CPU at batch 1 and, when CUDA is
 there, on GPU at batch 64 (35-token windows, hidden state carried, median of repeats, interleaved rounds).
 Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
+``--group-gemms 2,3`` also times each GroupReduce model with its block softmax run as at most 2 (then 3) batched
+GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupreduce[g2]`` etc. in the same rounds.
 
     python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
     python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 --rebuilt \
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
+from lmshrink.layers.block_low_rank import set_group_gemms
 from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
                     help="also time encoder, LSTM and softmax separately (ms per window) on every device")
     ap.add_argument("--rebuilt", action="store_true",
                     help="--target lstm: also time each model with its LSTM weights rebuilt dense per window (fused kernel)")
+    ap.add_argument("--group-gemms", default=None, metavar="N[,N...]",
+                    help="also time GroupReduce models with their block softmax as at most N batched GEMMs, one row per N")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
     args = ap.parse_args(argv)
 
@@ -124,6 +129,13 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in cfgs]
     if unknown:
         print(f"speed.py: unknown method(s) {', '.join(unknown)}; choose from {', '.join(cfgs)}", file=sys.stderr)
+        return 2
+    try:
+        group_gemms = [int(x) for x in args.group_gemms.split(",")] if args.group_gemms else []
+    except ValueError:
+        group_gemms = [0]
+    if any(g < 1 for g in group_gemms):
+        print(f"speed.py: --group-gemms wants positive integers, e.g. 2,3; got {args.group_gemms!r}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     V = args.vocab
@@ -142,6 +154,7 @@ def main(argv=None) -> int:
 
     models = {"dense": dense}
     fused = set()  # rows timed with the LSTM weights rebuilt dense per window (--rebuilt)
+    grouped = {}  # row -> group_gemms (--group-gemms): the same model object, the knob set before each timing
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
     for name in names:
         model = copy.deepcopy(dense)
@@ -158,12 +171,18 @@ def main(argv=None) -> int:
             models[f"{name}, rebuilt dense"] = model
             rows[f"{name}, rebuilt dense"] = {**rows[name], "method": f"{name}, rebuilt dense", "fused": True}
             fused.add(f"{name}, rebuilt dense")
+        if set_group_gemms(model, None):  # a GroupReduce model (or one built on it): rows with grouped GEMMs
+            for g in group_gemms:
+                models[f"{name}[g{g}]"] = model
+                rows[f"{name}[g{g}]"] = {**rows[name], "method": f"{name}[g{g}]", "group_gemms": g}
+                grouped[f"{name}[g{g}]"] = g
     # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
     # each model's figure is the median over rounds, its speed-up the median of per-round ratios.
     for d in devices:
         per_round = {n: [] for n in models}
         for k in range(args.rounds):
             for n, model in models.items():
+                set_group_gemms(model, grouped.get(n))
                 per_round[n].append(speed(model, d, n in fused))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
         for n in models:
@@ -174,6 +193,7 @@ def main(argv=None) -> int:
             for n, model in models.items():
                 if n in fused:
                     continue
+                set_group_gemms(model, grouped.get(n))
                 rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)
                 model.cpu()
                 print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)
