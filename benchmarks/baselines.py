@@ -154,8 +154,11 @@ def markdown(results: dict) -> str:
                      f"{r['wall_s'] / 60:.1f} | {r['train_tokens_per_s']:,.0f} | {r['params']:,} | {r['bytes_on_disk']:,} | "
                      f"{'yes' if r.get('cuda_graph') else 'no'} | {_beside(name, r)} |")
     repeats = results.get("repeats") or []
-    if repeats:  # the same recipe and seed again: GPU kernels are not bit-deterministic, so this is the spread
-        lines += ["", "Other runs of the same recipes and seed (their spread is the run-to-run noise of GPU training):", "",
+    if repeats:  # the same recipe and seed again: the spread is the run-to-run noise of GPU training, which only
+        # CUDA-graph fp32 runs mostly avoid
+        head = ("Other runs of the same recipes and seed (their spread is the run-to-run noise of GPU training; "
+                "CUDA-graph fp32 runs of one recipe mostly repeat to the last digit):")
+        lines += ["", head, "",
                   "| run | when | test ppl | published | Δ | epochs | wall min | train tok/s |", "|---|---|---|---|---|---|---|---|"]
         for r in repeats:
             pub = r.get("published_test_ppl")

@@ -28,9 +28,12 @@ Fast paths (no (V, D) matrix is ever built in forward):
 Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
 the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
 over a group of blocks zero-padded to the group's largest block size and rank. Why: at PTB-large shapes the
-ten block GEMMs are small and launch/overhead bound on a GPU, so fewer, larger launches should win even
-though the padding adds multiply-adds; :func:`plan_block_groups` picks the groups that minimise the padded
-multiply-adds ``sum_g k_g n_max r_max`` for the allowed number of launches (exact DP over the blocks sorted by
+ten block GEMMs are small, so fewer, larger launches can win although the padding adds multiply-adds.
+Measured on an H100 (``benchmarks/results/vocab_speed_gpu_grouped_*.md``, softmax ms per 64 x 35 window):
+TF32 per-block 0.56, G = 2 0.51, G = 3 0.50, dense 0.33; true fp32 per-block 0.77, G = 2 0.70, G = 3 0.67,
+dense 1.58. A 10-13% cut, not enough to beat the dense softmax with TF32, so the default stays per block;
+on CPU (2 threads) the grouped path is no faster. :func:`plan_block_groups` picks the groups that
+minimise the padded multiply-adds ``sum_g k_g n_max r_max`` for the allowed number of launches (exact DP over the blocks sorted by
 rank). The padded U, (k_g, n_max, r_max) per group, is an inference cache derived from U (never saved, not
 in ``spec()``): its size is ``sum_g k_g n_max r_max`` entries against U's ``sum_t n_t r_t``, i.e. U's size
 times (padded multiply-adds / exact ones) -- at the PTB-large ranks above (10 blocks of 1000 words) 4.16x
