@@ -14,7 +14,7 @@ recipes and writes:
 
     python benchmarks/recurrent_report.py benchmarks/results/recurrent.json \
         benchmarks/results/recurrent_medium_e10_lr*.json benchmarks/results/recurrent_medium_e20_lr1*.json \
-        benchmarks/results/recurrent_medium_scratch.json --group medium/ptb --out benchmarks/results/recurrent_recipes.md
+        benchmarks/results/recurrent_medium_e30_lr1*.json benchmarks/results/recurrent_medium_scratch.json --group medium/ptb --out benchmarks/results/recurrent_recipes.md
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ Methods (``--methods``):
 whichever method likes it (PTB small, CPU, 10x: at 0.01 GroupReduce 123.52 vs pruning 124.23, at 0.1 121.20
 vs 120.50).
 
+``--reuse OLD.json`` (repeatable) adopts the finished runs of an earlier result file made from the same
+dense model (its in-run dense test perplexity must match this run's to 1e-9 relative) with the same retraining
+epochs and method settings, re-keyed as this run would key them; only what is missing runs. That is how runs
+made at one first rate join runs at another without redoing either (``setup.reused_from`` names the files).
+
 Results go to ``--results`` (JSON, rewritten after every finished run; a rerun skips finished runs, and a
 run cut short resumes after its last finished retraining epoch, kept in ``WORK/finetune/``), plus a Markdown
 table (``.md``) and a plot of test perplexity against bytes on disk (``.png``).
@@ -188,6 +193,47 @@ def parse_lrs(text: str | None) -> list[float | None]:
 def run_key(method: str, rate: float, lr: float | None, several_lrs: bool) -> str:
     """``method@rate``, plus ``@lrX`` when ``--finetune-lr`` lists several first rates (one run per rate)."""
     return f"{method}@{rate:g}" + (f"@lr{lr:g}" if several_lrs else "")
+
+
+def load_reuse(paths: list[str]) -> list[tuple[str, dict]]:
+    """Read the ``--reuse`` files up front (before any work) so that a bad one fails fast."""
+    out = []
+    for p in paths:
+        try:
+            old = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            raise LmshrinkError(f"--reuse {p}: cannot read it as JSON ({e.__class__.__name__})") from None
+        check(isinstance(old, dict) and isinstance(old.get("runs"), dict) and "test_ppl" in old.get("dense", {}),
+              f"--reuse {p}: not a vocab.py result (no runs or dense model)")
+        out.append((p, old))
+    return out
+
+
+def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str], args, several: bool, log) -> None:
+    """Adopt the finished runs of earlier files of the same dense model (see the module docstring)."""
+    dense = results["dense"]["test_ppl"]
+    for p, old in reuse:
+        od = old["dense"]["test_ppl"]
+        check(abs(od - dense) <= 1e-9 * dense, f"--reuse {p}: its dense model tested {od:.6f}, this run's {dense:.6f}: "
+                                               "not the same baseline")
+        ep = old.get("setup", {}).get("finetune_epochs")
+        check(ep == args.finetune_epochs, f"--reuse {p}: retrained {ep} epochs, this run {args.finetune_epochs}")
+        n = 0
+        for r in old["runs"].values():
+            lr = r.get("finetune_lr")
+            rates = args.gq_rates if r.get("method") == "groupreduce_q" else args.rates
+            if (r.get("status") not in ("done", "refused") or r.get("method") not in methods or lr not in args.finetune_lrs
+                    or r.get("rate") not in [float(x) for x in rates.split(",")]):
+                continue  # not asked for in this run
+            want = method_config(r["method"], r["rate"], args)
+            if r["status"] == "done" and any(r.get("config", {}).get(k) != v for k, v in want.items()):
+                continue  # other blocks, rank rule, bits...: not this run's recipe
+            key = run_key(r["method"], r["rate"], lr, several)
+            if key not in results["runs"]:
+                results["runs"][key] = r
+                n += 1
+        log(f"--reuse {p}: {n} finished run(s) adopted")
+    results["setup"]["reused_from"] = sorted(set(results["setup"].get("reused_from", [])) | {p for p, _ in reuse})
 
 
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
@@ -449,6 +495,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="benchmarks/results/vocab.json")
     ap.add_argument("--time-limit", type=float, default=0, help="seconds; no new run starts after this (0: none)")
     ap.add_argument("--redo", action="store_true", help="rerun finished runs")
+    ap.add_argument("--reuse", action="append", default=[], metavar="OLD.json",
+                    help="adopt the finished runs of an earlier result of the same dense model (repeatable)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
     ap.add_argument("--cpu-threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
@@ -469,6 +517,7 @@ def main(argv=None) -> int:
     try:
         args.finetune_lrs = parse_lrs(args.finetune_lr)  # before the baseline loads
         args.finetune_lr = args.finetune_lrs[0] if len(args.finetune_lrs) == 1 else args.finetune_lrs
+        reuse = load_reuse(args.reuse)
     except LmshrinkError as e:
         print(f"vocab.py: {e}", file=sys.stderr)
         return 2
@@ -497,10 +546,15 @@ def main(argv=None) -> int:
                         "bits": totals(dense)["bits"], "vocab_bits": args._dense_vocab_bits,
                         "tokens_per_s": speed(dense, len(corpus.vocab), device)}
     log(f"dense: test ppl {ev['test']:.2f}, valid {ev['valid']:.2f}")
+    several = len(args.finetune_lrs) > 1
+    try:
+        reuse_runs(results, reuse, methods, args, several, log)
+    except LmshrinkError as e:
+        print(f"vocab.py: {e}", file=sys.stderr)
+        return 2
     write_outputs(results, results_path)
 
     todo = []  # (method, rate, first retraining rate, key)
-    several = len(args.finetune_lrs) > 1
     for m in methods:
         for r in (args.gq_rates if m == "groupreduce_q" else args.rates).split(","):
             for lr in args.finetune_lrs:

@@ -160,3 +160,37 @@ def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_val
     report = bench_module("vocab_report")
     assert report.main([str(res), "--out", str(tmp_path / "report.json")]) == 0
     assert "first rate chosen on validation from 1, 0.001" in (tmp_path / "report.md").read_text()
+
+
+def test_reuse_adopts_finished_runs_of_the_same_dense_model_and_refuses_another(tmp_path, bench_module, capsys):
+    """``--reuse``: runs at first rate 1 made earlier join a run at 1 and 0.001 without being redone (only the
+    0.001 runs train); a file whose dense model tested differently is refused in one line, nothing written."""
+    mod = bench_module("vocab")
+    data = tiny_corpus(tmp_path / "data")
+    common = ["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
+              "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4", "--methods", "svd"]
+    first, both = tmp_path / "lr1.json", tmp_path / "both.json"
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main([*common, "--finetune-lr", "1", "--work", str(tmp_path / "w"), "--results", str(first)]) == 0
+        # the same baseline (same work dir, so the same trained dense model), a second first rate
+        assert mod.main([*common, "--finetune-lr", "1,0.001", "--work", str(tmp_path / "w"), "--reuse", str(first),
+                         "--results", str(both)]) == 0
+        old, new = json.loads(first.read_text()), json.loads(both.read_text())
+        assert sorted(new["runs"]) == ["svd@4@lr0.001", "svd@4@lr1"]
+        assert new["runs"]["svd@4@lr1"] == old["runs"]["svd@4"]  # adopted as it was, not retrained
+        assert new["setup"]["reused_from"] == [str(first)]
+        assert "1 finished run(s) adopted" in capsys.readouterr().out
+        # another dense model: refused before anything is written
+        bad = tmp_path / "other.json"
+        bad.write_text(json.dumps({**old, "dense": {**old["dense"], "test_ppl": old["dense"]["test_ppl"] * 1.01}}))
+        out = tmp_path / "never.json"
+        assert mod.main([*common, "--finetune-lr", "1,0.001", "--work", str(tmp_path / "w"), "--reuse", str(bad),
+                         "--results", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not the same baseline" in err[0] and not out.exists()
+        (tmp_path / "junk.json").write_text("{not json")
+        assert mod.main([*common, "--reuse", str(tmp_path / "junk.json"), "--results", str(out)]) == 2
+        assert "cannot read it as JSON" in capsys.readouterr().err and not out.exists()
+    finally:
+        torch.set_num_threads(threads)
