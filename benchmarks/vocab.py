@@ -233,7 +233,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
                 results["runs"][key] = r
                 n += 1
         log(f"--reuse {p}: {n} finished run(s) adopted")
-    results["setup"]["reused_from"] = sorted(set(results["setup"].get("reused_from", [])) | {p for p, _ in reuse})
+    if reuse:
+        results["setup"]["reused_from"] = sorted({p for p, _ in reuse})
 
 
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
