@@ -96,7 +96,23 @@ def select(rows: list[dict]) -> dict:
             other = max(v for s, v in sch.items() if s != "calr")
             out[name]["_target_calr_at_least_best_other"] = {"met": sch["calr"] >= other, "calr": sch["calr"],
                                                              "best_other": other}
+            rival = max((s for s in sch if s != "calr"), key=sch.get)
+            out[name]["_paired_calr_vs_best_other"] = paired(rows, name, out[name]["calr"], rival, out[name][rival])
     return out
+
+
+def paired(rows: list[dict], name: str, calr: dict, rival: str, rv: dict) -> dict:
+    """CALR at its chosen setting minus the best other schedule at its own, seed by seed (the same data split and
+    initial embedding per seed): mean difference, its standard error and wins, over the seeds both ran. Seed
+    noise shared by both runs cancels, so this says more than two means +- std."""
+    def at(sched, lr, decay):
+        return {r["seed"]: r["test_accuracy"] for r in rows
+                if r["set"] == name and r["schedule"] == sched and r["lr"] == lr and r.get("calr_decay") == decay}
+    c, o = at("calr", calr["lr"], calr.get("decay")), at(rival, rv["lr"], None)
+    diffs = [c[k] - o[k] for k in sorted(set(c) & set(o))]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"rival": rival, "seeds": len(diffs), "mean_diff": statistics.mean(diffs) if diffs else None,
+            "se": se, "calr_wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
 
 
 def cfg_label(lr: float, decay: float | None, several: bool) -> str:
@@ -125,6 +141,11 @@ def markdown(result: dict) -> str:
                          f"{100 * v['test_mean']:.2f} ± {100 * v['test_std']:.2f} | {at} |")
     lines.append("")
     for name, per in result["selected"].items():
+        pr = per.get("_paired_calr_vs_best_other")
+        if pr and pr["seeds"] > 1:
+            lines.append(f"- {name}, paired by seed: CALR minus {pr['rival']} {100 * pr['mean_diff']:+.2f} points "
+                         f"(standard error {100 * pr['se']:.2f}) over {pr['seeds']} seeds; CALR ahead on "
+                         f"{pr['calr_wins']}, tied on {pr['ties']}")
         t = per.get("_target_calr_at_least_best_other")
         if t:
             lines.append(f"- {name}: CALR {100 * t['calr']:.2f}% vs best other {100 * t['best_other']:.2f}%: "
@@ -159,6 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--adam-eps", type=float, default=0.01)
     p.add_argument("--calr-decay", default="0.5", help="CALR decay per epoch; a comma list is chosen on dev with the rate")
     p.add_argument("--reuse", default=None, help="a former schedules.py result whose runs are kept, not rerun")
+    p.add_argument("--grid-only", action="store_true",
+                   help="with --reuse: keep only the former runs this command's sets, seeds, schedules, rates and "
+                        "decays ask for (default: keep them all, so new runs join the former comparison)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "schedules.json"))
     a = p.parse_args(argv)
@@ -173,6 +197,10 @@ def main(argv=None) -> int:
     if not all(0 < d < 1 for d in decays):
         raise SystemExit(f"schedules.py: every CALR decay must be in (0, 1), got {a.calr_decay}")
     kept = reused_rows(a.reuse, a) if a.reuse else []
+    if a.grid_only:
+        scheds = a.schedules.split(",")
+        kept = [r for r in kept if r["set"] in a.sets.split(",") and r["seed"] < a.seeds and r["schedule"] in scheds
+                and r["lr"] in lrs and (r["calr_decay"] in decays if r["schedule"] == "calr" else True)]
     have = {(r["set"], r["seed"], r["schedule"], r["lr"], r.get("calr_decay")) for r in kept}
     specs = []
     for s in a.sets.split(","):
