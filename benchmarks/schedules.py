@@ -196,17 +196,18 @@ def main(argv=None) -> int:
         raise SystemExit(f"schedules.py: --calr-decay takes numbers, got {a.calr_decay!r}")
     if not all(0 < d < 1 for d in decays):
         raise SystemExit(f"schedules.py: every CALR decay must be in (0, 1), got {a.calr_decay}")
+    # the grid this command asks for: (set, seed, schedule, rate, CALR decay)
+    grid = [(s, k, sched, lr, d) for s in a.sets.split(",") for k in range(a.seeds) for sched in a.schedules.split(",")
+            for lr in lrs for d in (decays if sched == "calr" else [None])]
     kept = reused_rows(a.reuse, a) if a.reuse else []
     if a.grid_only:
-        scheds = a.schedules.split(",")
-        kept = [r for r in kept if r["set"] in a.sets.split(",") and r["seed"] < a.seeds and r["schedule"] in scheds
-                and r["lr"] in lrs and (r["calr_decay"] in decays if r["schedule"] == "calr" else True)]
+        asked = set(grid)
+        kept = [r for r in kept if (r["set"], r["seed"], r["schedule"], r["lr"], r["calr_decay"]) in asked]
     have = {(r["set"], r["seed"], r["schedule"], r["lr"], r.get("calr_decay")) for r in kept}
     specs = []
     for s in a.sets.split(","):
         for k in range(a.seeds):
-            todo = [(sched, lr, d) for sched in a.schedules.split(",") for lr in lrs
-                    for d in (decays if sched == "calr" else [None]) if (s, k, sched, lr, d) not in have]
+            todo = [key[2:] for key in grid if key[:2] == (s, k) and key not in have]
             if todo:
                 specs.append({"set": s, "seed": k, "model": a.model, "todo": todo, "data": a.data, "epochs": a.epochs,
                               "adam_eps": a.adam_eps})

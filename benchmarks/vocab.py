@@ -195,6 +195,11 @@ def run_key(method: str, rate: float, lr: float | None, several_lrs: bool) -> st
     return f"{method}@{rate:g}" + (f"@lr{lr:g}" if several_lrs else "")
 
 
+def asked_rates(method: str, args) -> list[float]:
+    """The rates this run asks of ``method`` (``--gq-rates`` for groupreduce_q, else ``--rates``)."""
+    return [float(x) for x in (args.gq_rates if method == "groupreduce_q" else args.rates).split(",")]
+
+
 def load_reuse(paths: list[str]) -> list[tuple[str, dict]]:
     """Read the ``--reuse`` files up front (before any work) so that a bad one fails fast."""
     out = []
@@ -221,9 +226,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         n = 0
         for r in old["runs"].values():
             lr = r.get("finetune_lr")
-            rates = args.gq_rates if r.get("method") == "groupreduce_q" else args.rates
             if (r.get("status") not in ("done", "refused") or r.get("method") not in methods or lr not in args.finetune_lrs
-                    or r.get("rate") not in [float(x) for x in rates.split(",")]):
+                    or r.get("rate") not in asked_rates(r["method"], args)):
                 continue  # not asked for in this run
             want = method_config(r["method"], r["rate"], args)
             if r["status"] == "done" and any(r.get("config", {}).get(k) != v for k, v in want.items()):
@@ -557,13 +561,13 @@ def main(argv=None) -> int:
 
     todo = []  # (method, rate, first retraining rate, key)
     for m in methods:
-        for r in (args.gq_rates if m == "groupreduce_q" else args.rates).split(","):
+        for r in asked_rates(m, args):
             for lr in args.finetune_lrs:
-                key = run_key(m, float(r), lr, several)
+                key = run_key(m, r, lr, several)
                 if not args.redo and results["runs"].get(key, {}).get("status") in ("done", "refused"):
                     log(f"{key}: finished earlier, skipped")
                 else:
-                    todo.append((m, float(r), lr, key))
+                    todo.append((m, r, lr, key))
 
     def record(key: str, row: dict) -> None:
         results["runs"][key] = row
