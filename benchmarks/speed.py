@@ -9,10 +9,19 @@ there, on GPU at batch 64 (35-token windows, hidden state carried, median of rep
 Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
 ``--group-gemms 2,3`` also times each GroupReduce model with its block softmax run as at most 2 (then 3) batched
 GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupreduce[g2]`` etc. in the same rounds.
+``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
+(``lm_tokens_per_second(cuda_graph=True)``), as rows ``dense[graph]``, ``groupreduce[graph]``,
+``groupreduce[g2][graph]`` etc. in the same interleaved rounds; their speed-up is against ``dense[graph]`` (graph vs
+graph, eager vs eager). Why: at these shapes a forward is mostly kernel *launches* -- GroupReduce's softmax is
+one small GEMM per block, and the LSTM's small per-step maps launch a few kernels per time step -- so eager timing
+charges the compressed models for Python and launch overhead rather than arithmetic; graph replay is how a
+serving stack would run a fixed-shape decoder (torch.compile's "reduce-overhead" does the same). On CPU the
+graph rows are skipped.
 
     python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
     python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 --rebuilt \
         --out benchmarks/results/recurrent_speed_cpu.json
+    python benchmarks/speed.py --devices cuda --group-gemms 2 --cuda-graph --out benchmarks/results/vocab_speed_graph.json
 """
 
 from __future__ import annotations
@@ -73,8 +82,9 @@ def write_table(out_json: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
-        cells += [f"{r[f'{d}_tokens_per_s']:,.0f}" for d in devices]
-        cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" for d in devices]
+        # graph rows (--cuda-graph) are timed on CUDA devices only: blank on the others
+        cells += [f"{r[f'{d}_tokens_per_s']:,.0f}" if f"{d}_tokens_per_s" in r else "" for d in devices]
+        cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" if f"{d}_tokens_per_s" in r else "" for d in devices]
         cells += [f"{r[f'{d}_ms_parts'][p]:.3f}" if f"{d}_ms_parts" in r else "" for d in parts
                   for p in ("encoder", "rnn", "decoder")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -85,7 +95,10 @@ def write_table(out_json: str) -> str:
             + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); 'rebuilt dense' rows rebuild "
                "each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
                if what == "LSTM maps" else
-               f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall)."))
+               f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall).")
+            + (" Rows marked [graph] are timed as replays of one captured CUDA graph of the whole forward (kernel-launch "
+               "overhead removed, as a fixed-shape serving stack runs), on CUDA only; their 'vs dense' is against "
+               "dense[graph] (graph vs graph, eager vs eager)." if any(r.get("cuda_graph") for r in rows) else ""))
     table = "\n".join(lines) + "\n\n" + note + "\n"
     Path(out_json).with_suffix(".md").write_text(table)
     return table
@@ -116,6 +129,9 @@ def main(argv=None) -> int:
                     help="--target lstm: also time each model with its LSTM weights rebuilt dense per window (fused kernel)")
     ap.add_argument("--group-gemms", default=None, metavar="N[,N...]",
                     help="also time GroupReduce models with their block softmax as at most N batched GEMMs, one row per N")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="on CUDA devices also time every row as CUDA graph replays (rows NAME[graph], compared with "
+                         "dense[graph]); skipped on CPU")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
     args = ap.parse_args(argv)
 
@@ -142,19 +158,22 @@ def main(argv=None) -> int:
     dense = LSTMLanguageModel(V, hidden=args.hidden, layers=args.layers, init_scale=0.04).eval()
     counts = torch.round(V * 5.0 / torch.arange(1, V + 1)) + 1  # Zipf-like
     setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
-               "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision}
+               "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision,
+               "cuda_graph": args.cuda_graph}
 
     def batch(dev: str) -> int:
         return setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
 
-    def speed(model, dev, fused=False):
-        r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused)["tokens_per_s"]
+    def speed(model, dev, fused=False, cuda_graph=False):
+        r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused,
+                                 cuda_graph=cuda_graph)["tokens_per_s"]
         model.cpu()
         return r
 
     models = {"dense": dense}
     fused = set()  # rows timed with the LSTM weights rebuilt dense per window (--rebuilt)
     grouped = {}  # row -> group_gemms (--group-gemms): the same model object, the knob set before each timing
+    graphed = set()  # rows timed as CUDA graph replays (--cuda-graph), on CUDA devices only
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
     for name in names:
         model = copy.deepcopy(dense)
@@ -176,22 +195,37 @@ def main(argv=None) -> int:
                 models[f"{name}[g{g}]"] = model
                 rows[f"{name}[g{g}]"] = {**rows[name], "method": f"{name}[g{g}]", "group_gemms": g}
                 grouped[f"{name}[g{g}]"] = g
+    cuda_devices = [d for d in devices if d.startswith("cuda")]
+    if args.cuda_graph and not cuda_devices:
+        print(f"--cuda-graph: no CUDA device among {','.join(devices)}; graph rows skipped", flush=True)
+    if args.cuda_graph and cuda_devices:  # every row again, as graph replays: the same model object and knobs
+        for n in list(models):
+            models[f"{n}[graph]"] = models[n]
+            rows[f"{n}[graph]"] = {**rows[n], "method": f"{n}[graph]", "cuda_graph": True}
+            graphed.add(f"{n}[graph]")
+            if n in fused:
+                fused.add(f"{n}[graph]")
+            if n in grouped:
+                grouped[f"{n}[graph]"] = grouped[n]
     # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
-    # each model's figure is the median over rounds, its speed-up the median of per-round ratios.
+    # each model's figure is the median over rounds, its speed-up the median of per-round ratios
+    # (graph rows against dense[graph]: graph vs graph, eager vs eager).
     for d in devices:
-        per_round = {n: [] for n in models}
+        timed = [n for n in models if n not in graphed or d.startswith("cuda")]  # no graph rows on CPU
+        per_round = {n: [] for n in timed}
         for k in range(args.rounds):
-            for n, model in models.items():
-                set_group_gemms(model, grouped.get(n))
-                per_round[n].append(speed(model, d, n in fused))
+            for n in timed:
+                set_group_gemms(models[n], grouped.get(n))
+                per_round[n].append(speed(models[n], d, n in fused, n in graphed))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
-        for n in models:
+        for n in timed:
+            ref = per_round["dense[graph]" if n in graphed else "dense"]
             rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
-            rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], per_round["dense"]))
+            rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], ref))
             rows[n][f"{d}_rounds"] = per_round[n]
         if args.breakdown:  # after the whole-model rounds, so it never disturbs them
             for n, model in models.items():
-                if n in fused:
+                if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's
                     continue
                 set_group_gemms(model, grouped.get(n))
                 rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)

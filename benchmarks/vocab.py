@@ -4,8 +4,11 @@ Reproduces the comparison of Chen et al. 2018 ("GroupReduce", Sec. 4): every met
 embedding and the softmax, each to the same ratio (theoretical bits vs dense fp32), then the model is
 retrained with SGD, the learning rate divided by 10 whenever validation perplexity stops improving
 (``lmshrink.train.lm.finetune_lm``; the first rate is ``--finetune-lr``, default the recipe's lr / 10: on
-WikiText-2 medium that rate made GroupReduce's first epoch worse and 0.01 then helped, so a next run should
-try ``--finetune-lr 0.01`` there; an epoch that diverges counts as not improving). Each run records test
+WikiText-2 medium that rate made GroupReduce's first epoch worse; 6 epochs from 0.01 then met both targets there,
+``results/vocab_wikitext2_medium_ft6.json``; an epoch that diverges counts as not improving).
+``--cuda-graph`` replays each retraining step from a captured CUDA graph (models with training hooks, such as
+``prune_agp``'s first epoch, and CSR-stored pruned layers train eagerly; each run records which under
+``finetune_cuda_graph``). Each run records test
 (and valid) perplexity before and after retraining, the dense baseline's perplexity from the same run,
 bytes on disk, bits, tokens/s and how long compression itself took. Published anchor (OBW, bigLSTM):
 GroupReduce 6.6x on embedding + softmax, 26x with quantization. Targets here: GroupReduce >= 6.6x within +1%
@@ -71,6 +74,7 @@ from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, totals  # noqa
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
+from lmshrink.train.graphed import check_graphable
 from lmshrink.train.lm import check_finetune_lr, evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm  # noqa: E402
 
 METHODS = ("svd", "prune", "prune_agp", "quantize", "groupreduce", "groupreduce_q")
@@ -262,7 +266,7 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
         finalize_pruning_(before_model)
     before = evaluate(before_model, corpus, args, device)
     del before_model
-    ft_hist, t_ft = [], time.perf_counter()
+    ft_hist, ft_graph, t_ft = [], None, time.perf_counter()
     epochs = args.finetune_epochs
     if method == "prune_agp" and epochs > 0:
         # AGP runs inside one epoch (train_lm's progress goes 0 -> 1 over it), at the retraining LR
@@ -274,8 +278,9 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
     if epochs > 0:
         # kept per epoch: a run cut by --time-limit's SIGINT (or a lost machine) resumes after its last epoch
         ft = finetune_lm(model, corpus, recipe, epochs, lr=lr, device=device, progress=args.progress,
-                         seed=args.seed, precision=args.precision, log=log, checkpoint_dir=work / "finetune" / key)
-        model, ft_hist = ft["model"], ft["history"]
+                         seed=args.seed, precision=args.precision, log=log, checkpoint_dir=work / "finetune" / key,
+                         cuda_graph=args.cuda_graph)
+        model, ft_hist, ft_graph = ft["model"], ft["history"], ft["cuda_graph"]
     finetune_s = time.perf_counter() - t_ft
     if method == "groupreduce_q":
         quantize_model_(model, args.gq_bits, GQ_GROUP)
@@ -292,7 +297,7 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
             "params": tot["params"], "bits": tot["bits"], "bytes_on_disk": bytes_on_disk(out_dir)["total"],
             "compress_s": compress_s,  # speed: measure_speeds, afterwards, alone
             "finetune_s": finetune_s, "finetune_epochs": args.finetune_epochs, "finetune_lr": lr,
-            "finetune_history": ft_hist,
+            "finetune_history": ft_hist, **({"finetune_cuda_graph": ft_graph} if ft_graph is not None else {}),
             "layers": {n: getattr(model.get_submodule(n), "spec", lambda: "dense")() for n in names}}
 
 
@@ -495,6 +500,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bptt-eval", type=int, default=35)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto", help="retraining: auto (bf16 autocast on GPU), fp32 or bf16")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="retrain each epoch from a captured CUDA graph (CUDA, --precision fp32; models with "
+                         "training hooks, e.g. prune_agp's first epoch, train eagerly)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/vocab", help="where baseline and compressed models are written")
     ap.add_argument("--results", default="benchmarks/results/vocab.json")
@@ -526,6 +534,12 @@ def main(argv=None) -> int:
     except LmshrinkError as e:
         print(f"vocab.py: {e}", file=sys.stderr)
         return 2
+    if args.cuda_graph:
+        try:
+            check_graphable(device, args.precision)
+        except LmshrinkError as e:
+            print(f"vocab.py: {e}", file=sys.stderr)
+            return 2
     try:
         dense, corpus, recipe, setup = load_or_train_baseline(args, device, work, log)
     except LmshrinkError as e:
@@ -538,7 +552,7 @@ def main(argv=None) -> int:
         results = {}  # a different baseline: start over
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, eval_batch=args.eval_batch,
-                 jobs=args.jobs, versions=versions(),
+                 jobs=args.jobs, cuda_graph=args.cuda_graph, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)
     results["setup"] = setup
     results.setdefault("runs", {})

@@ -3,7 +3,9 @@
 Three sizes are kept apart: *parameters* (stored numbers), *theoretical bits* (what the format needs:
 dtype width for dense tensors, packed widths and index bits for compressed layers, as each layer
 reports) and *bytes on disk* (``stat`` of the files written). Latency is measured, never inferred:
-tokens per second of a forward pass, after warm-up, the median of repeats.
+tokens per second of a forward pass, after warm-up, the median of repeats -- either eagerly (one kernel
+launch per op from Python) or, on CUDA, as replays of one captured CUDA graph of the whole forward
+(:class:`GraphedLMForward`), which removes the launch overhead the way a fixed-shape serving stack would.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import check
 from .layers import CompressedLayer, TiedProjection, tensor_bits
 
 
@@ -69,22 +72,48 @@ def _sync(device: torch.device) -> None:
 
 def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu",
                          batch_size: int = 1, seq_len: int = 35, warmup: int = 3, repeats: int = 10,
-                         autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool = False) -> dict:
+                         autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool = False,
+                         cuda_graph: bool = False) -> dict:
     """Forward-pass throughput of a language model on random ids: median tokens/s over ``repeats``.
 
     The default (batch 1 on CPU) is the latency a single user sees; batch 64 on GPU is serving
     throughput. Hidden state carries over between windows as in evaluation. ``fused`` times the other
     way to serve a compressed LSTM: each window rebuilds the dense LSTM weights from the compact maps
     and runs the fused kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call).
+
+    ``cuda_graph`` (CUDA only) times replays of one captured CUDA graph of the whole forward instead of eager
+    calls (:class:`GraphedLMForward`): ``warmup`` eager forwards on a side stream, one capture, ``warmup``
+    untimed replays, then ``repeats`` timed replays, each synchronized before and after as the eager passes
+    are. The next window is copied into the graph's static input ids outside the timed region, and the
+    hidden state carries over between replays inside the graph. The result has the same keys plus
+    ``"cuda_graph": True``. Works with ``fused`` too (the rebuild of the dense LSTM weights is captured).
     """
     from .models.lstm_lm import fused_lstm
 
     device = torch.device(device)
+    if cuda_graph:
+        check(device.type == "cuda", f"cuda_graph=True times CUDA graph replays and needs a CUDA device, got {device}")
     # moved before inference mode: a module moved inside it gets inference-tensor parameters and buffers,
     # which the caller can then neither train nor version-check (a GPU-only crash, 2026-11-23)
     model = model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
     windows = [torch.randint(0, vocab_size, (seq_len, batch_size), generator=g).to(device) for _ in range(4)]
+    if cuda_graph:
+        graphed = GraphedLMForward(model, windows[0], warmup=warmup, fused=fused, autocast_dtype=autocast_dtype)
+        times = []
+        for i in range(warmup + repeats):
+            graphed.ids.copy_(windows[i % len(windows)])  # untimed, as the eager path's windows are ready-made
+            _sync(device)
+            t0 = time.perf_counter()
+            graphed.replay()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        del graphed  # frees the graph's private memory pool
+        med = statistics.median(times)
+        return {"tokens_per_s": batch_size * seq_len / med, "ms_per_token": 1000 * med / (batch_size * seq_len),
+                "batch_size": batch_size, "seq_len": seq_len, "device": str(device), "repeats": repeats,
+                "threads": torch.get_num_threads(), "fused": fused, "cuda_graph": True}
     state = model.init_state(batch_size, device)
     times = []
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else torch.autocast(device.type, enabled=False)
@@ -100,6 +129,66 @@ def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.
     return {"tokens_per_s": batch_size * seq_len / med, "ms_per_token": 1000 * med / (batch_size * seq_len),
             "batch_size": batch_size, "seq_len": seq_len, "device": str(device), "repeats": repeats,
             "threads": torch.get_num_threads(), "fused": fused}
+
+
+class GraphedLMForward:
+    """One inference forward ``logits, state = model(ids, state)`` of an LSTM LM on static buffers, captured
+    once as a CUDA graph and replayed ("whole-network capture" of PyTorch's CUDA-graphs notes).
+
+    ``ids`` (T, B) is copied into the static input :attr:`ids` (``ids.device`` must be CUDA; ``model`` already
+    there and in eval mode). :attr:`state` starts as ``model.init_state(B)``; the captured graph copies the new
+    hidden state back into it, so it carries over between replays as in evaluation. :attr:`logits` (T, B, V) is
+    the static output, overwritten by each :meth:`replay`.
+
+    Before capture, ``max(warmup, 1)`` eager forwards run on a side stream: compressed layers build and cache
+    derived index tensors on their first call (``layers.block_low_rank._BlockLowRank._index``), which needs
+    host-to-device copies a capture cannot hold, and cuDNN / the allocator settle there. ``fused`` captures the
+    forward under ``models.lstm_lm.fused_lstm`` (the per-window rebuild of dense LSTM weights is recorded too).
+    ``autocast_dtype`` runs it under autocast without its weight cache (which a graph cannot keep).
+    A failing capture raises ``RuntimeError`` naming the model's class and its compressed layer types.
+    """
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, warmup: int = 3, fused: bool = False,
+                 autocast_dtype: torch.dtype | None = None):
+        from .models.lstm_lm import fused_lstm
+
+        device = ids.device
+        check(device.type == "cuda", f"a CUDA graph needs a CUDA device, got {device}")
+        self.model = model
+        self.ids = ids.clone()  # (T, B) static input ids
+        self.state = model.init_state(ids.size(1), device)  # [(h, c)] per layer, each (B, H), static
+
+        def amp():
+            if autocast_dtype is None:
+                return torch.autocast("cuda", enabled=False)
+            return torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False)
+
+        with torch.cuda.device(device), torch.no_grad(), fused_lstm(model, fused):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), amp():
+                for _ in range(max(warmup, 1)):
+                    model(self.ids, self.state)  # state not carried: warm-up only
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph), amp():  # records; nothing runs until replay
+                    logits, new_state = model(self.ids, self.state)
+                    for (h, c), (h2, c2) in zip(self.state, new_state):
+                        h.copy_(h2)
+                        c.copy_(c2)
+            except Exception as e:
+                kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, CompressedLayer)})
+                raise RuntimeError(
+                    f"CUDA graph capture of {type(model).__name__}"
+                    + (f" (compressed layers: {', '.join(kinds)})" if kinds else " (dense)")
+                    + f"{' with fused=True' if fused else ''} failed: {type(e).__name__}: {e}") from e
+        self.logits = logits  # (T, B, V) static output
+
+    def replay(self) -> torch.Tensor:
+        """Run the captured forward on :attr:`ids` and :attr:`state` (asynchronously); returns :attr:`logits`."""
+        self.graph.replay()
+        return self.logits
 
 
 def lm_forward_breakdown(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu", batch_size: int = 1,

@@ -910,3 +910,24 @@ def test_finetune_cut_after_an_epoch_resumes_there_and_ends_as_one_uninterrupted
     with pytest.raises(LmshrinkError, match="does not fit this model"):
         lm_mod.finetune_lm(other, pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None, checkpoint_dir=ckpt,
                            **quiet)
+
+
+def test_finetune_under_a_cuda_graph_needs_cuda_and_fp32(pattern_corpus):
+    """``finetune_lm(cuda_graph=True)`` refuses a CPU device or autocast in one clear error before any training
+    (the GPU equality of graph-replayed and eager steps is in tests/test_gpu_graph_training.py)."""
+    model = lm_for(pattern_corpus)
+    with pytest.raises(LmshrinkError, match="needs a CUDA device"):
+        lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=0.5, device="cpu", precision="fp32",
+                           progress=False, log=lambda *_: None, cuda_graph=True)
+
+
+def test_graph_ready_names_layers_a_cuda_graph_cannot_capture():
+    """CSR-stored pruned layers train eagerly under ``--cuda-graph`` (asked up front, not tried and failed)."""
+    from lmshrink.compress import Plan, compress, make_config
+    from lmshrink.train.graphed import graph_ready
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(50, 8, 1)
+    assert graph_ready(model) is None
+    compress(model, Plan({"decoder": make_config("prune", density=0.3)}))
+    assert "SparseLinear" in graph_ready(model)

@@ -194,3 +194,13 @@ def test_reuse_adopts_finished_runs_of_the_same_dense_model_and_refuses_another(
         assert "cannot read it as JSON" in capsys.readouterr().err and not out.exists()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_vocab_benchmark_refuses_cuda_graph_without_cuda_before_any_work(tmp_path, capsys, bench_module):
+    mod = bench_module("vocab")
+    res = tmp_path / "r.json"
+    assert mod.main(["--baseline", str(tmp_path / "none"), "--device", "cpu", "--cuda-graph", "--precision", "fp32",
+                     "--results", str(res), "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not res.exists() and not (tmp_path / "w").exists()

@@ -20,7 +20,10 @@ Fast paths (no (V, D) matrix is ever built in forward):
   (GEMM, ``cat``, permutation, bias add). Measured on an H100 at PTB-large shapes (V 10000, D 1500, 10
   blocks, N 2240) that saved little (whole model 1.19x dense vs 1.17x before, within noise): the ten
   small-rank block GEMMs take most of the softmax's time (~0.29 ms of 0.65 ms at fp32), so with TF32
-  matmuls, where the dense softmax drops to 0.30 ms, GroupReduce's softmax (0.49 ms) is the slower one;
+  matmuls, where the dense softmax drops to 0.30 ms, GroupReduce's softmax (0.49 ms) is the slower one. Not launch overhead:
+  with the whole forward replayed as one CUDA graph (``benchmarks/speed.py --cuda-graph``, TF32,
+  ``results/vocab_speed_gpu_graph.md``) the GroupReduce model still runs at 0.90x the dense model's
+  tokens/s (SVD 1.04x), so the time is in the kernels themselves;
 - embedding lookup: each id's U row is scattered into its block's columns of an (N, sum r_t) matrix,
   then one GEMM with V; where each word's U row starts, its rank and its block's first column of V
   are cached per word, so a lookup is three gathers, a scatter and the GEMM.

@@ -47,6 +47,10 @@ def sparse_bits(rows: int, cols: int, nnz: int) -> int:
 
 
 class _SparseBase(CompressedLayer):
+    # torch's CSR matmul cannot be recorded in a CUDA graph (seen on an H100, torch 2.11: "operation failed due
+    # to a previous error during capture"), so graph-replayed training (train.graphed) trains these eagerly
+    graph_capturable = False
+
     def __init__(self, rows: int, cols: int, nnz: int):
         super().__init__()
         self.rows, self.cols, self.nnz = rows, cols, nnz

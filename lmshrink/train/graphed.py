@@ -127,8 +127,12 @@ def check_graphable(device: torch.device, precision: str) -> None:
 
 def graph_ready(model: nn.Module) -> str | None:
     """Why ``model`` cannot train under a captured graph, or None. Layers with training hooks (AGP masks,
-    doped-KP annealing, CMR) change their computation from step to step in Python, which a graph would freeze."""
+    doped-KP annealing, CMR) change their computation from step to step in Python, which a graph would freeze;
+    layers whose ops cannot be captured (``graph_capturable = False``: CSR sparse storage) are asked up front
+    rather than tried, since a failed capture is only noticed after a wasted warm-up."""
     for name, m in model.named_modules():
         if getattr(m, "training_step_hook", None) is not None or getattr(m, "extra_loss", None) is not None:
             return f"module {name or 'model'} changes between steps (training hook or extra loss)"
+        if not getattr(m, "graph_capturable", True):
+            return f"module {name or 'model'} ({type(m).__name__}) uses ops a CUDA graph cannot capture"
     return None
