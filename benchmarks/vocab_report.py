@@ -7,7 +7,7 @@ file's runs and the dense model evaluated in the same run, never typed in), then
 table; the PNG has one panel per baseline, test perplexity against bytes on disk, one line per method.
 
     python benchmarks/vocab_report.py benchmarks/results/vocab_ptb_small_s10.json \
-        benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium.json \
+        benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium_ft6.json \
         --out benchmarks/results/vocab.json
 """
 
