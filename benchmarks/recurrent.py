@@ -183,6 +183,7 @@ def run_one(spec: dict) -> dict:
     from lmshrink.io import load_model_dir, save_model_dir
     from lmshrink.models import build_model
     from lmshrink.models.lstm_lm import Preset
+    from lmshrink.train.graphed import graph_ready
     from lmshrink.train.lm import evaluate_ppl, remove_checkpoint, seed_everything, train_lm
 
     t0 = time.time()
@@ -223,9 +224,13 @@ def run_one(spec: dict) -> dict:
     epochs = spec["epochs"]
     if epochs > 0:
         lr_fn = None if spec["mode"] == "scratch" else retrain_lr(spec["lr"], spec["lr_end"], spec["lr_hold"], epochs)
+        # --cuda-graph: hook-free structures (LMF, KP, HMD, TT, one-shot doped KP) replay each step from a
+        # graph, which removes the launch cost of their step-by-step LSTM; annealed doping and AGP train eagerly
+        why_not = graph_ready(model) if spec.get("cuda_graph") else "not asked"
         out = train_lm(model, corpus, recipe, out_dir=train_dir, device=device, epochs=epochs,
                        max_steps=spec.get("max_steps"), seed=spec["seed"], precision=spec["precision"],
-                       progress=False, lr_fn=lr_fn, log=log)
+                       progress=False, lr_fn=lr_fn, log=log, cuda_graph=why_not is None)
+        result["cuda_graph"] = out.get("cuda_graph") or {"captured": False, "why_not": why_not}
         model = out["model"]
         result.update(history=out["history"], train_wall_s=out["wall_s"], train_tokens_per_s=out["train_tokens_per_s"],
                       steps=out["steps"])
@@ -478,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="method runs in parallel processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 or bf16")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each training step from a captured CUDA graph where the structure allows it (CUDA, "
+                        "--precision fp32; doped KP's annealing and AGP pruning train eagerly); recorded per run")
     p.add_argument("--eval-batch", type=int, default=10, help="batch size of perplexity evaluation (default 10)")
     p.add_argument("--gpu-batch", type=int, default=64, help="batch size of GPU tokens/s (default 64)")
     p.add_argument("--cpu-latency", action=argparse.BooleanOptionalAction, default=True,
@@ -523,11 +531,14 @@ def orchestrate(args) -> int:
     from lmshrink.data import load_corpus
     from lmshrink.io import versions
     from lmshrink.models.lstm_lm import PRESETS
+    from lmshrink.train.graphed import check_graphable
     from lmshrink.train.lm import resolve_device
 
     t_start = time.time()
     deadline = t_start + args.time_limit if args.time_limit else None
     args.device = str(resolve_device(args.device))
+    if args.cuda_graph:
+        check_graphable(torch.device(args.device), args.precision)
     check(args.preset in PRESETS, f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     check(args.epochs >= 0, "--epochs must be >= 0")
     check(args.jobs >= 1, "--jobs must be >= 1")
@@ -614,6 +625,7 @@ def orchestrate(args) -> int:
                         "mode": mode, "epochs": epochs, "preset": args.preset, "corpus": args.corpus, "data": args.data,
                         "verify": not args.no_verify, "recipe": dict(vars(recipe)), "baseline_dir": str(bdir),
                         "run_dir": str(run_dir), "device": args.device, "precision": args.precision, "seed": args.seed,
+                        "cuda_graph": args.cuda_graph,
                         "lr": args.lr, "lr_end": args.lr_end, "lr_hold": hold, "eval_batch": args.eval_batch,
                         "max_steps": args.max_steps, "deadline": deadline, "reserve": args.reserve,
                         "threads": max(1, (os.cpu_count() or 1) // args.jobs)}

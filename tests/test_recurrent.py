@@ -384,6 +384,7 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
         ratio = base["lstm_bits"] / r["lstm_bits"]  # of the LSTM layers as a whole, biases included
         assert 6 * 0.999 <= ratio < 12, (r["label"], ratio)  # budget met, and not wildly under it
         assert r["lstm_bytes_on_disk"] * 8 == r["lstm_bits"] and math.isfinite(r["test_ppl"])
+        assert r["cuda_graph"] == {"captured": False, "why_not": "not asked"}  # eager unless --cuda-graph
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
     assert again.returncode == 0 and "started" not in again.stdout
@@ -398,3 +399,19 @@ def test_tokens_per_second_times_both_ways_to_serve_a_compressed_lstm():
     assert not loop["fused"] and fused["fused"]
     assert loop["tokens_per_s"] > 0 and fused["tokens_per_s"] > 0
     assert not any(layer.prefer_fused for layer in model.rnn.layers)  # only during the timing
+
+
+def test_benchmark_script_refuses_cuda_graph_without_cuda_before_any_work(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "res" / "recurrent.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb",
+                           "--data", str(tmp_path / "none"), "--device", "cpu", "--precision", "fp32", "--cuda-graph",
+                           "--work", str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2
+    assert "needs a CUDA device" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "work").exists()
