@@ -12,16 +12,17 @@ GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupr
 ``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
 (``lm_tokens_per_second(cuda_graph=True)``), as rows ``dense[graph]``, ``groupreduce[graph]``,
 ``groupreduce[g2][graph]`` etc. in the same interleaved rounds; their speed-up is against ``dense[graph]`` (graph vs
-graph, eager vs eager). Why: at these shapes a forward is mostly kernel *launches* -- GroupReduce's softmax is
-one small GEMM per block, and the LSTM's small per-step maps launch a few kernels per time step -- so eager timing
-charges the compressed models for Python and launch overhead rather than arithmetic; graph replay is how a
-serving stack would run a fixed-shape decoder (torch.compile's "reduce-overhead" does the same). On CPU the
-graph rows are skipped.
+graph, eager vs eager). Why: GroupReduce's softmax is one small GEMM per block and a compressed LSTM launches a
+few kernels per time step, so eager timing may charge the compressed models for launches rather than arithmetic;
+graph replay is how a serving stack would run a fixed-shape decoder (torch.compile's "reduce-overhead" does the
+same). Measured on an H100 at the PTB-large shape, TF32 (``results/vocab_speed_gpu_graph.md``): GroupReduce 0.90x
+``dense[graph]``, SVD 1.04x -- the GroupReduce gap is in its kernels, not launches. On CPU the graph rows are skipped.
 
     python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
     python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 --rebuilt \
         --out benchmarks/results/recurrent_speed_cpu.json
-    python benchmarks/speed.py --devices cuda --group-gemms 2 --cuda-graph --out benchmarks/results/vocab_speed_graph.json
+    python benchmarks/speed.py --devices cuda --rate 6.6 --rounds 3 --methods groupreduce,svd,groupreduce+q8 --cuda-graph \
+        --matmul-precision high --out benchmarks/results/vocab_speed_gpu_graph.json
 """
 
 from __future__ import annotations
