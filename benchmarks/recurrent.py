@@ -224,8 +224,9 @@ def run_one(spec: dict) -> dict:
     epochs = spec["epochs"]
     if epochs > 0:
         lr_fn = None if spec["mode"] == "scratch" else retrain_lr(spec["lr"], spec["lr_end"], spec["lr_hold"], epochs)
-        # --cuda-graph: hook-free structures (LMF, KP, HMD, TT, one-shot doped KP) replay each step from a
-        # graph, which removes the launch cost of their step-by-step LSTM; annealed doping and AGP train eagerly
+        # --cuda-graph: hook-free structures (LMF, KP, HMD, TT) replay each step from a graph, which removes the
+        # launch cost of their step-by-step LSTM; doped KP (doping / CMR hooks) and pruning (AGP hooks, CSR storage)
+        # train eagerly
         why_not = graph_ready(model) if spec.get("cuda_graph") else "not asked"
         out = train_lm(model, corpus, recipe, out_dir=train_dir, device=device, epochs=epochs,
                        max_steps=spec.get("max_steps"), seed=spec["seed"], precision=spec["precision"],
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto (bf16 autocast on GPU), fp32 or bf16")
     p.add_argument("--cuda-graph", action="store_true",
                    help="replay each training step from a captured CUDA graph where the structure allows it (CUDA, "
-                        "--precision fp32; doped KP's annealing and AGP pruning train eagerly); recorded per run")
+                        "--precision fp32; doped KP and pruning train eagerly); recorded per run")
     p.add_argument("--eval-batch", type=int, default=10, help="batch size of perplexity evaluation (default 10)")
     p.add_argument("--gpu-batch", type=int, default=64, help="batch size of GPU tokens/s (default 64)")
     p.add_argument("--cpu-latency", action=argparse.BooleanOptionalAction, default=True,
