@@ -531,15 +531,11 @@ def main(argv=None) -> int:
         args.finetune_lrs = parse_lrs(args.finetune_lr)  # before the baseline loads
         args.finetune_lr = args.finetune_lrs[0] if len(args.finetune_lrs) == 1 else args.finetune_lrs
         reuse = load_reuse(args.reuse)
+        if args.cuda_graph:
+            check_graphable(device, args.precision)
     except LmshrinkError as e:
         print(f"vocab.py: {e}", file=sys.stderr)
         return 2
-    if args.cuda_graph:
-        try:
-            check_graphable(device, args.precision)
-        except LmshrinkError as e:
-            print(f"vocab.py: {e}", file=sys.stderr)
-            return 2
     try:
         dense, corpus, recipe, setup = load_or_train_baseline(args, device, work, log)
     except LmshrinkError as e:

@@ -15,6 +15,15 @@ def _one_thread():
 
 
 @pytest.fixture
+def exact_fp32():
+    """TF32 off for matmuls and cuDNN during a test, so GPU results can be held to CPU tolerances."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture
 def bench_module():
     """Load a script of ``benchmarks/`` (not a package) as a module: ``bench_module("schedules")``."""
     import importlib.util

@@ -9,10 +9,10 @@ import math
 
 import pytest
 import torch
-from test_gpu import _exact_fp32  # noqa: F401 - autouse: TF32 off, as in test_gpu.py
 from test_methods import CASES, EXAMPLES, V, compressed
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32"),
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 @pytest.mark.parametrize("name,i", CASES)

@@ -148,6 +148,7 @@ def test_speed_cuda_graph_rows_compare_with_dense_graph(tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("exact_fp32")
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("group_gemms", [None, 2])
 def test_cuda_graph_replay_equals_eager_logits(group_gemms):
@@ -155,26 +156,21 @@ def test_cuda_graph_replay_equals_eager_logits(group_gemms):
 
     from lmshrink.measure import GraphedLMForward, lm_tokens_per_second
 
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        for name, model in tiny_models(group_gemms).items():
-            model = model.cuda().eval()
-            g = torch.Generator().manual_seed(1)
-            windows = [torch.randint(0, 300, (35, 4), generator=g).cuda() for _ in range(3)]
-            graphed = GraphedLMForward(model, windows[0], warmup=2)
-            state = model.init_state(4, "cuda")
-            with torch.no_grad():
-                for w in windows:  # the hidden state carries over between replays as between eager windows
-                    want, state = model(w, state)
-                    graphed.ids.copy_(w)
-                    got = graphed.replay().clone()
-                    torch.cuda.synchronize()
-                    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
-                    for (h, c), (h2, c2) in zip(graphed.state, state):
-                        torch.testing.assert_close(h, h2, atol=1e-4, rtol=1e-4)
-                        torch.testing.assert_close(c, c2, atol=1e-4, rtol=1e-4)
-            res = lm_tokens_per_second(model, 300, "cuda", batch_size=4, warmup=2, repeats=3, cuda_graph=True)
-            assert res["cuda_graph"] is True and res["tokens_per_s"] > 0
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    for name, model in tiny_models(group_gemms).items():
+        model = model.cuda().eval()
+        g = torch.Generator().manual_seed(1)
+        windows = [torch.randint(0, 300, (35, 4), generator=g).cuda() for _ in range(3)]
+        graphed = GraphedLMForward(model, windows[0], warmup=2)
+        state = model.init_state(4, "cuda")
+        with torch.no_grad():
+            for w in windows:  # the hidden state carries over between replays as between eager windows
+                want, state = model(w, state)
+                graphed.ids.copy_(w)
+                got = graphed.replay().clone()
+                torch.cuda.synchronize()
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+                for (h, c), (h2, c2) in zip(graphed.state, state):
+                    torch.testing.assert_close(h, h2, atol=1e-4, rtol=1e-4)
+                    torch.testing.assert_close(c, c2, atol=1e-4, rtol=1e-4)
+        res = lm_tokens_per_second(model, 300, "cuda", batch_size=4, warmup=2, repeats=3, cuda_graph=True)
+        assert res["cuda_graph"] is True and res["tokens_per_s"] > 0

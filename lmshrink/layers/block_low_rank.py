@@ -68,6 +68,13 @@ def default_flat_group(group_size: int | None) -> int:
     return group_size if group_size else 128
 
 
+def check_group_gemms(max_groups, none_ok: bool = False) -> None:
+    """``group_gemms`` is an integer >= 1 (a bool is not), or None where ``none_ok`` (the per-block path)."""
+    check((none_ok and max_groups is None)
+          or (isinstance(max_groups, int) and not isinstance(max_groups, bool) and max_groups >= 1),
+          f"group_gemms must be an integer >= 1{' or None' if none_ok else ''}, got {max_groups!r}")
+
+
 def plan_block_groups(block_sizes: list[int], ranks: list[int], max_groups: int) -> list[list[int]]:
     """Split blocks into at most ``max_groups`` groups for batched GEMMs, minimising padded multiply-adds.
 
@@ -76,8 +83,7 @@ def plan_block_groups(block_sizes: list[int], ranks: list[int], max_groups: int)
     Exact DP over the cut points, O(G c^2): c is at most a few hundred. Among equally cheap plans the one with
     the fewest groups (launches) wins. Groups come out in rank order, each group's blocks in index order.
     """
-    check(isinstance(max_groups, int) and not isinstance(max_groups, bool) and max_groups >= 1,
-          f"group_gemms must be an integer >= 1, got {max_groups!r}")
+    check_group_gemms(max_groups)
     c = len(ranks)
     check(c == len(block_sizes) and c > 0, "block_sizes and ranks must have one entry per block")
     if max_groups >= c:
@@ -112,8 +118,7 @@ def plan_block_groups(block_sizes: list[int], ranks: list[int], max_groups: int)
 def set_group_gemms(model: nn.Module, max_groups: int | None) -> int:
     """Set ``group_gemms`` (the grouped softmax's number of batched GEMMs, ``None``: per block) on every
     block low-rank layer of ``model``; returns how many layers were set. A runtime knob, never saved."""
-    check(max_groups is None or (isinstance(max_groups, int) and not isinstance(max_groups, bool) and max_groups >= 1),
-          f"group_gemms must be an integer >= 1 or None, got {max_groups!r}")
+    check_group_gemms(max_groups, none_ok=True)
     n = 0
     for m in model.modules():
         if isinstance(m, _BlockLowRank):
