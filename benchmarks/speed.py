@@ -62,10 +62,13 @@ def method_configs(rate: float, gq_rate: float, target: str = "vocab", num_block
             "quantize-4bit": {"method": "quantize", "bits": 4},
         }
     gr = {"num_blocks": num_blocks, "rank_rule": rank_rule, "refine_iters": 2}  # the benchmarks' recipe by default
+    gr8 = {**gr, "rank_multiple": 8}  # ranks rounded to multiples of 8: every block GEMM operand aligned
     return {
         "svd": {"method": "svd", "ratio": rate},
         "groupreduce": {"method": "groupreduce", "ratio": rate, **gr},
+        "groupreduce-r8": {"method": "groupreduce", "ratio": rate, **gr8},
         "groupreduce+q8": {"method": "quantize", "bits": 8, "ratio": gq_rate, "base": {"method": "groupreduce", **gr}},
+        "groupreduce-r8+q8": {"method": "quantize", "bits": 8, "ratio": gq_rate, "base": {"method": "groupreduce", **gr8}},
         "prune": {"method": "prune", "ratio": rate},
         "quantize-8bit": {"method": "quantize", "bits": 8},
         "quantize-4bit": {"method": "quantize", "bits": 4},

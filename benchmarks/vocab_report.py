@@ -8,7 +8,7 @@ table; the PNG has one panel per baseline, test perplexity against bytes on disk
 
     python benchmarks/vocab_report.py benchmarks/results/vocab_ptb_small_s10.json \
         benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium_ft6.json \
-        --out benchmarks/results/vocab.json
+        benchmarks/results/vocab_ptb_small_ft10_drop0.2_partial.json --out benchmarks/results/vocab.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vocab import RIVALS, TARGETS, UNCONVERGED, best_ratio_within, done_runs, fmt_speed, win_note  # noqa: E402
+from vocab import RIVALS, TARGETS, UNCONVERGED, best_ratio_within, done_runs, fmt_speed, reference_ppl, win_note  # noqa: E402
 
 from lmshrink.io import write_atomic, write_json_atomic  # noqa: E402
 
@@ -38,13 +38,16 @@ def load(path: str | Path) -> dict:
 
 def name_of(res: dict, path: Path) -> str:
     s = res["setup"]
-    return f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
+    drop = s.get("finetune_dropout")
+    return (f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
+            + ("" if drop is None else f", retrained with dropout {drop:g}"))
 
 
 def verdicts(res: dict) -> dict:
     """Per target: the largest ratio within tolerance (or None) and whether it meets the goal; per matched
-    rate: whether GroupReduce beats every rival run at that rate."""
-    dense = res["dense"]["test_ppl"]
+    rate: whether GroupReduce beats every rival run at that rate. The reference is ``vocab.reference_ppl``: the
+    dense_retrained control where it ran, else the dense baseline."""
+    dense, _ = reference_ppl(res)
     runs = done_runs(res)
     out = {}
     for method, tol, goal in TARGETS:
@@ -91,7 +94,9 @@ def recipe_of(res: dict) -> str:
     else:
         lr_txt = f"first rate {res['setup'].get('recipe', {}).get('lr', 1.0) / 10:g}"
     blocks = f"{gr['num_blocks']} blocks, rank ~ {gr['rank_rule']}, " if gr else ""
-    return f"{blocks}{lr_txt}, {res['setup'].get('finetune_epochs', '?')} epochs"
+    drop = res["setup"].get("finetune_dropout")
+    drop_txt = f", dropout {drop:g} while retraining" if drop is not None else ""
+    return f"{blocks}{lr_txt}, {res['setup'].get('finetune_epochs', '?')} epochs{drop_txt}"
 
 
 def markdown(report: dict) -> str:
@@ -115,7 +120,10 @@ def markdown(report: dict) -> str:
                          for rate, m in sorted(
             matched.items(), key=lambda kv: float(kv[0]))) or "no matched runs"
         caution = " (CAUTION: runs end below dense, baseline not converged)" if v.get("runs_below_dense") else ""
-        lines.append(f"| {name}{caution} | `{entry['source']}` | {res['dense']['test_ppl']:.2f} | "
+        ref, ref_name = reference_ppl(res)
+        ref_txt = f"{res['dense']['test_ppl']:.2f}" + (f" (retrained the same way: {ref:.2f}, the reference)"
+                                                        if ref_name == "dense_retrained" else "")
+        lines.append(f"| {name}{caution} | `{entry['source']}` | {ref_txt} | "
                      f"{recipe_of(res)} | {_fmt_target(v['groupreduce'], 6.6)} | "
                      f"{_fmt_target(v['groupreduce_q'], 26.0)} | {beat} |")
     for name, entry in report["baselines"].items():

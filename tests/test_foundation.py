@@ -875,6 +875,30 @@ def test_finetune_starts_at_the_given_rate_and_divides_it_by_ten_when_validation
             lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=bad, **quiet)
 
 
+def test_finetune_dropout_drops_while_retraining_only(pattern_corpus, monkeypatch):
+    """``dropout``: every nn.Dropout runs at that rate in the retraining epochs (a different result from no
+    dropout), evaluation never drops, and the model leaves with its own rate back; a bad rate is refused."""
+    quiet = {"device": "cpu", "progress": False, "precision": "fp32", "log": lambda *_: None}
+    seen = []
+    real = lm_mod.train_lm
+
+    def spy(model, *a, **k):
+        seen.append(model.drop.p)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(lm_mod, "train_lm", spy)
+    plain = lm_mod.finetune_lm(lm_for(pattern_corpus), pattern_corpus, TINY_RECIPE, 2, lr=0.5, **quiet)
+    assert seen == [0.0, 0.0]
+    seen.clear()
+    model = lm_for(pattern_corpus)
+    dropped = lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 2, lr=0.5, dropout=0.3, **quiet)
+    assert seen == [0.3, 0.3] and model.drop.p == 0.0
+    assert dropped["history"][1]["valid_ppl"] != pytest.approx(plain["history"][1]["valid_ppl"], rel=1e-6)
+    for bad in (-0.1, 1.0, True):
+        with pytest.raises(LmshrinkError, match="finetune dropout"):
+            lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=0.5, dropout=bad, **quiet)
+
+
 def test_finetune_cut_after_an_epoch_resumes_there_and_ends_as_one_uninterrupted_call(pattern_corpus, tmp_path):
     """A retraining cut by a time limit (vocab.py's runs on lent GPUs) resumes after its last finished epoch, from
     the saved weights, best weights and rate: the result equals an uninterrupted run's, and the folder goes."""

@@ -96,6 +96,28 @@ def test_budget_met_and_ranks_follow_frequency(rule, ratio):
         assert max(layer.ranks) - min(layer.ranks) <= 1
 
 
+@pytest.mark.parametrize("multiple", [4, 8])
+@pytest.mark.parametrize("bits", [None, 8])
+def test_rank_multiple_aligns_every_block_and_keeps_the_budget(multiple, bits):
+    """rank_multiple m: every rank a multiple of m, so U_t's offset and leading dimension and block t's columns
+    of Z = h V^T are too (the GPU GEMMs' 16-byte alignment); still within budget and frequent blocks first."""
+    torch.manual_seed(0)
+    V, D = 800, 48
+    layer = apply(torch.randn(V, D), zipf(V), ratio=4, num_blocks=5, rank_rule="sqrt_frequency",
+                  rank_multiple=multiple, bits=bits)
+    assert V * D * 32 / layer.bits() >= 4
+    assert all(r % multiple == 0 for r in layer.ranks), layer.ranks
+    assert all(o % multiple == 0 for o in layer._u_off + layer._r_off)
+    assert all(a >= b for a, b in zip(layer.ranks, layer.ranks[1:])), layer.ranks
+    free = apply(torch.randn(V, D), zipf(V), ratio=4, num_blocks=5, rank_rule="sqrt_frequency", bits=bits)
+    assert any(r % multiple for r in free.ranks), free.ranks  # the default (1) does not round: the test means something
+    assert abs(sum(layer.ranks) - sum(free.ranks)) <= multiple * 5  # rounding costs at most m per block
+    with pytest.raises(LmshrinkError, match="rank_multiple"):
+        apply(torch.randn(V, D), zipf(V), ratio=4, num_blocks=5, rank_multiple=0)
+    with pytest.raises(LmshrinkError, match=r"rank 8 \(rank_multiple\)"):  # the floor the budget cannot reach
+        apply(torch.randn(V, D), zipf(V), ratio=40, num_blocks=5, rank_multiple=8)
+
+
 def test_rank_scores_and_splits():
     f = torch.tensor([100.0, 10.0, 1.0])
     assert rank_scores(f, "frequency") == pytest.approx([100, 10, 1])

@@ -61,6 +61,7 @@ EXAMPLES: dict[str, list[Example]] = {
         Example({"ratio": 3, "num_blocks": 5, "rank_rule": "sqrt_frequency", "split": "equal_mass"}, tie=True,
                 max_rel_err=0.95, needs_counts=True),
         Example({"ratio": 12, "num_blocks": 4, "bits": 8}, tie=True, max_rel_err=0.95, needs_counts=True),
+        Example({"ratio": 3, "num_blocks": 4, "rank_multiple": 4}, max_rel_err=0.95, needs_counts=True),
     ],
     "prune": [
         Example({"density": 0.3}, max_rel_err=0.75, impossible={"density": 0.9}),

@@ -33,8 +33,8 @@ def test_vocab_benchmark_end_to_end(tmp_path, jobs, bench_module):
     res = tmp_path / "res" / "vocab.json"
     argv = ["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
             "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4",
-            "--gq-rates", "10", "--methods", "svd,prune,prune_agp,quantize,groupreduce,groupreduce_q",
-            "--work", str(tmp_path / "work"), "--results", str(res), "--jobs", str(jobs)]
+            "--gq-rates", "10", "--methods", "svd,prune,prune_agp,quantize,groupreduce,groupreduce_q,dense_retrained",
+            "--work", str(tmp_path / "work"), "--results", str(res), "--jobs", str(jobs), "--finetune-dropout", "0.1"]
     threads = torch.get_num_threads()
 
     def run() -> int:
@@ -46,9 +46,13 @@ def test_vocab_benchmark_end_to_end(tmp_path, jobs, bench_module):
     try:
         assert run() == 0
         out = json.loads(res.read_text())
-        assert len(out["runs"]) == 6 and all(r["status"] == "done" for r in out["runs"].values())
+        assert len(out["runs"]) == 7 and all(r["status"] == "done" for r in out["runs"].values())
+        ctrl = out["runs"]["dense_retrained@1"]  # the control: uncompressed, same retraining
+        assert ctrl["vocab_ratio"] == 1.0 and ctrl["config"] is None and len(ctrl["finetune_history"]) == 2
+        assert out["setup"]["finetune_dropout"] == 0.1
         for r in out["runs"].values():
-            assert r["vocab_ratio"] >= 0.95 * min(r["rate"], 4) and r["bytes_on_disk"] < out["dense"]["bytes_on_disk"]
+            if r["method"] != "dense_retrained":
+                assert r["vocab_ratio"] >= 0.95 * min(r["rate"], 4) and r["bytes_on_disk"] < out["dense"]["bytes_on_disk"]
         assert res.with_suffix(".md").exists() and res.with_suffix(".png").exists()
         # speeds are taken afterwards in the main process, next to dense (never inside parallel workers)
         for r in out["runs"].values():
@@ -204,3 +208,34 @@ def test_vocab_benchmark_refuses_cuda_graph_without_cuda_before_any_work(tmp_pat
     err = capsys.readouterr().err
     assert "needs a CUDA device" in err and len(err.strip().splitlines()) == 1
     assert not res.exists() and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "1"])
+def test_vocab_benchmark_refuses_a_bad_retraining_dropout_before_any_work(tmp_path, capsys, bench_module, bad):
+    mod = bench_module("vocab")
+    res = tmp_path / "r.json"
+    assert mod.main(["--baseline", str(tmp_path / "none"), "--finetune-dropout", bad, "--results", str(res),
+                     "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "--finetune-dropout must be in [0, 1)" in err and len(err.strip().splitlines()) == 1
+    assert not res.exists() and not (tmp_path / "w").exists()
+
+
+def test_verdicts_compare_with_the_dense_retrained_control_where_it_ran(tmp_path, bench_module):
+    """A retraining that lifts the uncompressed model (dropout on PTB small: 112.6 -> 100.1) must not be credited
+    to compression: with a dense_retrained run, vocab.py's targets and vocab_report's verdicts judge against it."""
+    mod, rep = bench_module("vocab"), bench_module("vocab_report")
+    res = _result("ptb", 112.0, [("groupreduce", 6.6, 106.0), ("groupreduce_q", 26.0, 107.0)])
+    assert any("6.6x (met)" in line for line in mod.targets(res))
+    assert rep.verdicts(res)["groupreduce"]["met"]
+    res["runs"]["dense_retrained@1"] = {"method": "dense_retrained", "rate": 1.0, "vocab_ratio": 1.0, "status": "done",
+                                        "test_ppl_before": 112.0, "test_ppl_after": 100.0, "valid_ppl_after": 104.0,
+                                        "bytes_on_disk": 1000}
+    for r in res["runs"].values():
+        r.setdefault("valid_ppl_after", r["test_ppl_after"])
+    assert mod.reference_ppl(res) == (100.0, "dense_retrained")
+    lines = mod.targets(res)
+    assert "against dense_retrained (test ppl 100.00)" in lines[0]
+    assert any("groupreduce: largest ratio within +1%" in line and "NOT met" in line for line in lines)
+    v = rep.verdicts(res)
+    assert not v["groupreduce"]["met"] and v["groupreduce"]["closest"]["delta"] == pytest.approx(0.06)

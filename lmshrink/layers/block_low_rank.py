@@ -24,6 +24,13 @@ Fast paths (no (V, D) matrix is ever built in forward):
   with the whole forward replayed as one CUDA graph (``benchmarks/speed.py --cuda-graph``, TF32,
   ``results/vocab_speed_gpu_graph.md``) the GroupReduce model still runs at 0.90x the dense model's
   tokens/s (SVD 1.04x), so the time is in the kernels themselves;
+- alignment (stop 14): the inference path's block-order logits buffer starts every block on an ``ALIGN``-column
+  boundary, the lookup's scatter matrix has an ``ALIGN``-multiple width and the grouped path pads n_max / r_max
+  to ``ALIGN``; with GroupReduce's ``rank_multiple=8`` every U_t and Z column slice is aligned too. Measured on
+  an H100 at the PTB-large shape (``results/vocab_speed_gpu_aligned_{tf32,fp32}.md``): whole model, graph vs
+  graph, TF32 0.93x dense with aligned ranks against 0.89x without, true fp32 1.26x against 1.25x -- so operand
+  alignment is not where GroupReduce's TF32 gap lies either. The eager breakdown there puts half of the gap in
+  the embedding lookup (0.38-0.43 ms against dense's 0.05 ms per 64 x 35 window), the other half in the softmax;
 - embedding lookup: each id's U row is scattered into its block's columns of an (N, sum r_t) matrix,
   then one GEMM with V; where each word's U row starts, its rank and its block's first column of V
   are cached per word, so a lookup is three gathers, a scatter and the GEMM.
@@ -57,6 +64,13 @@ import torch.nn as nn
 from ..errors import check
 from .base import CompressedLayer, register_layer
 from .quantized import PackedMatrix
+
+ALIGN = 8  # elements: 32 bytes of fp32, 16 of bf16 -- what cuBLAS's vectorized tensor-core kernels need
+
+
+def up(n: int) -> int:
+    """n rounded up to a multiple of ALIGN."""
+    return -(-n // ALIGN) * ALIGN
 
 
 def index_dtype(n: int) -> torch.dtype:
@@ -149,11 +163,13 @@ class _BlockLowRank(CompressedLayer):
             self.U = PackedMatrix(1, self.u_len, bits, default_flat_group(group_size))
             self.V = PackedMatrix(self.r_total, dim, bits, group_size)
         # offsets derived from the spec (Python ints; never stored)
-        self._u_off, self._r_off, self._starts = [0], [0], [0]
+        self._u_off, self._r_off, self._starts, self._pstarts = [0], [0], [0], [0]
         for n, r in zip(self.block_sizes, self.ranks):
             self._u_off.append(self._u_off[-1] + n * r)
             self._r_off.append(self._r_off[-1] + r)
             self._starts.append(self._starts[-1] + n)
+            # the inference path's block-order logits buffer starts every block on a 32-byte boundary (GEMM output)
+            self._pstarts.append(up(self._pstarts[-1] + n))
         self._cache: dict = {}
         self.group_gemms: int | None = None  # grouped softmax (see the module docstring); a runtime knob
         self._gcache: dict = {}  # the grouped path's plan, indices and padded U / bias
@@ -206,6 +222,7 @@ class _BlockLowRank(CompressedLayer):
             self._cache = {
                 "key": key,
                 "pos": pos,
+                "ppos": pos + (torch.tensor(self._pstarts[:-1], device=dev) - torch.tensor(self._starts[:-1], device=dev))[block],
                 "order": torch.empty_like(pos).scatter_(0, pos, torch.arange(self.num_rows, device=dev)),  # inverse
                 "word": torch.stack([u_src, ranks, r_off], 1),  # (V, 3): one gather per lookup
                 "k": torch.arange(max(self.ranks), device=dev),
@@ -222,7 +239,8 @@ class _BlockLowRank(CompressedLayer):
             shapes, u_dst, zcol, col_of_pos = [], [], [], []  # col_of_pos: block-order position -> padded column
             u_base = col_base = 0
             for g in groups:
-                k, n_max, r_max = len(g), max(self.block_sizes[t] for t in g), max(self.ranks[t] for t in g)
+                # padded to ALIGN as well, so every group's U, Z and logits slice is aligned for cuBLAS
+                k, n_max, r_max = len(g), up(max(self.block_sizes[t] for t in g)), up(max(self.ranks[t] for t in g))
                 shapes.append((k, n_max, r_max))
                 for i, t in enumerate(g):
                     n, r = self.block_sizes[t], self.ranks[t]
@@ -314,15 +332,16 @@ class _BlockLowRank(CompressedLayer):
             # autograd cannot record out= writes: per-block results, then one cat
             outs = [Zt @ Ut.t() if b is None else torch.addmm(b[s:e], Zt, Ut.t()) for Ut, Zt, s, e in blocks]
             logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]  # (N, V) block order
-        else:
-            logits = Z.new_empty(Z.shape[0], self.num_rows)  # (N, V) block order, each block writes its columns
-            for Ut, Zt, s, e in blocks:
-                if b is None:
-                    torch.mm(Zt, Ut.t(), out=logits[:, s:e])
-                else:
-                    torch.addmm(b[s:e], Zt, Ut.t(), out=logits[:, s:e])
-        logits = logits.index_select(1, ix["pos"])  # vocabulary order
-        return logits.view(*lead, self.num_rows)
+            return logits.index_select(1, ix["pos"]).view(*lead, self.num_rows)  # vocabulary order
+        # (N, V + padding) block order, each block writes its columns, starting at an aligned column
+        logits = Z.new_empty(Z.shape[0], self._pstarts[-1])
+        for t, (Ut, Zt, s, e) in enumerate(blocks):
+            p = self._pstarts[t]
+            if b is None:
+                torch.mm(Zt, Ut.t(), out=logits[:, p:p + e - s])
+            else:
+                torch.addmm(b[s:e], Zt, Ut.t(), out=logits[:, p:p + e - s])
+        return logits.index_select(1, ix["ppos"]).view(*lead, self.num_rows)  # vocabulary order
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         # ids (...,) -> rows (..., D)
@@ -334,7 +353,8 @@ class _BlockLowRank(CompressedLayer):
         valid = k[None, :] < r[:, None]  # (N, R)
         vals = torch.where(valid, U[torch.where(valid, u_src[:, None] + k[None, :], 0)], U.new_zeros(()))  # (N, R)
         cols = torch.where(valid, r_off[:, None] + k[None, :], self.r_total)  # dummy column for padding
-        X = U.new_zeros(flat.numel(), self.r_total + 1).scatter(1, cols, vals)  # (N, sum r + 1)
+        # (N, sum r + 1 rounded up to ALIGN): the GEMM reads X with an aligned leading dimension
+        X = U.new_zeros(flat.numel(), up(self.r_total + 1)).scatter(1, cols, vals)
         out = X[:, : self.r_total] @ V  # (N, D)
         return out.view(*ids.shape, self.dim)
 
