@@ -78,7 +78,15 @@ from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
 from lmshrink.train.graphed import check_graphable
-from lmshrink.train.lm import check_finetune_lr, evaluate_ppl, finetune_lm, resolve_device, seed_everything, train_lm  # noqa: E402
+from lmshrink.train.lm import (  # noqa: E402
+    check_finetune_dropout,
+    check_finetune_lr,
+    evaluate_ppl,
+    finetune_lm,
+    resolve_device,
+    seed_everything,
+    train_lm,
+)
 
 METHODS = ("svd", "prune", "prune_agp", "quantize", "groupreduce", "groupreduce_q", "dense_retrained")
 GQ_GROUP = 128  # values per fp16 (scale, min) when GroupReduce factors are quantized
@@ -258,7 +266,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
     counts = corpus.vocab.counts_tensor()
     spec = method_config(method, rate, args)
-    cfg = make_config(**spec) if spec is not None else None
+    cfg = make_config(**spec) if spec is not None else None  # None: dense_retrained, nothing compressed
+    config = cfg.to_dict() if cfg else None
     model = copy.deepcopy(dense).cpu()
     names = [n for n in ("encoder", "decoder")]
     t0 = time.perf_counter()
@@ -299,10 +308,10 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
     after = evaluate(model, corpus, args, device)
     out_dir = work / "models" / key
     save_model_dir(model.cpu(), out_dir, vocab=corpus.vocab, extra={"corpus": corpus.name, "compression": {
-        "method": method, "rate": rate, "config": cfg.to_dict() if cfg else None}})
+        "method": method, "rate": rate, "config": config}})
     model.to(device)
     tot = totals(model)
-    return {"method": method, "rate": rate, "config": cfg.to_dict() if cfg else None, "status": "done",
+    return {"method": method, "rate": rate, "config": config, "status": "done",
             "vocab_ratio": args._dense_vocab_bits / vocab_bits(model),
             "test_ppl_before": before["test"], "valid_ppl_before": before["valid"],
             "test_ppl_after": after["test"], "valid_ppl_after": after["valid"],
@@ -562,8 +571,7 @@ def main(argv=None) -> int:
         reuse = load_reuse(args.reuse)
         if args.cuda_graph:
             check_graphable(device, args.precision)
-        check(args.finetune_dropout is None or 0 <= args.finetune_dropout < 1,
-              f"--finetune-dropout must be in [0, 1), got {args.finetune_dropout}")
+        check_finetune_dropout(args.finetune_dropout)
     except LmshrinkError as e:
         print(f"vocab.py: {e}", file=sys.stderr)
         return 2

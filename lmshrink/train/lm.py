@@ -311,6 +311,12 @@ def check_finetune_lr(lr: float | None) -> None:
     check(lr is None or (math.isfinite(lr) and lr > 0), f"finetune learning rate: --finetune-lr must be a positive number, got {lr}")
 
 
+def check_finetune_dropout(dropout: float | None) -> None:
+    """Retraining's dropout rate: None (the model's own) or a number in [0, 1) (a bool is not)."""
+    check(dropout is None or (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1),
+          f"finetune dropout: --finetune-dropout must be in [0, 1), got {dropout!r}")
+
+
 class _FinetuneCheckpoint:
     """The state of ``finetune_lm`` after each finished epoch: the weights (safetensors: no pickle) and the
     schedule (JSON), each written atomically, so a retraining cut by a time limit resumes there. After an epoch
@@ -377,8 +383,7 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     """
     check(epochs >= 0, "finetune epochs must be >= 0")
     check_finetune_lr(lr)
-    check(dropout is None or (isinstance(dropout, (int, float)) and not isinstance(dropout, bool) and 0 <= dropout < 1),
-          f"finetune dropout must be in [0, 1), got {dropout!r}")
+    check_finetune_dropout(dropout)
     device = resolve_device(device)
     model = model.to(device)
     ckpt = _FinetuneCheckpoint(checkpoint_dir) if checkpoint_dir is not None and epochs > 0 else None
