@@ -572,6 +572,11 @@ def main(argv=None) -> int:
         if args.cuda_graph:
             check_graphable(device, args.precision)
         check_finetune_dropout(args.finetune_dropout)
+        for m in methods:  # every method's settings (--num-blocks, --rank-rule, --rank-multiple...) before any work
+            for r in asked_rates(m, args):
+                spec = method_config(m, r, args)
+                if spec is not None:
+                    make_config(**spec)
     except LmshrinkError as e:
         print(f"vocab.py: {e}", file=sys.stderr)
         return 2

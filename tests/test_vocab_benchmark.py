@@ -239,3 +239,13 @@ def test_verdicts_compare_with_the_dense_retrained_control_where_it_ran(tmp_path
     assert any("groupreduce: largest ratio within +1%" in line and "NOT met" in line for line in lines)
     v = rep.verdicts(res)
     assert not v["groupreduce"]["met"] and v["groupreduce"]["closest"]["delta"] == pytest.approx(0.06)
+
+
+def test_vocab_benchmark_refuses_bad_method_settings_before_any_work(tmp_path, capsys, bench_module):
+    mod = bench_module("vocab")
+    res = tmp_path / "r.json"
+    assert mod.main(["--baseline", str(tmp_path / "none"), "--methods", "svd,groupreduce", "--rank-multiple", "0",
+                     "--results", str(res), "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "rank_multiple must be an integer in 1..64, got 0" in err and len(err.strip().splitlines()) == 1
+    assert not res.exists() and not (tmp_path / "w").exists()
