@@ -9,6 +9,9 @@ there, on GPU at batch 64 (35-token windows, hidden state carried, median of rep
 Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
 ``--group-gemms 2,3`` also times each GroupReduce model with its block softmax run as at most 2 (then 3) batched
 GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupreduce[g2]`` etc. in the same rounds.
+``--bag-lookup`` also times each GroupReduce model with its embedding lookup as one weighted ``embedding_bag``
+(``layer.lookup = "bag"``, :func:`lmshrink.layers.block_low_rank.set_lookup`) instead of scatter + GEMM, as rows
+``groupreduce[bag]`` etc. in the same rounds.
 ``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
 (``lm_tokens_per_second(cuda_graph=True)``), as rows ``dense[graph]``, ``groupreduce[graph]``,
 ``groupreduce[g2][graph]`` etc. in the same interleaved rounds; their speed-up is against ``dense[graph]`` (graph vs
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
-from lmshrink.layers.block_low_rank import set_group_gemms  # noqa: E402
+from lmshrink.layers.block_low_rank import set_group_gemms, set_lookup  # noqa: E402
 from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
                     help="--target lstm: also time each model with its LSTM weights rebuilt dense per window (fused kernel)")
     ap.add_argument("--group-gemms", default=None, metavar="N[,N...]",
                     help="also time GroupReduce models with their block softmax as at most N batched GEMMs, one row per N")
+    ap.add_argument("--bag-lookup", action="store_true",
+                    help="also time GroupReduce models with their embedding lookup as one weighted embedding_bag (rows NAME[bag])")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="on CUDA devices also time every row as CUDA graph replays (rows NAME[graph], compared with "
                          "dense[graph]); skipped on CPU")
@@ -177,6 +182,7 @@ def main(argv=None) -> int:
     models = {"dense": dense}
     fused = set()  # rows timed with the LSTM weights rebuilt dense per window (--rebuilt)
     grouped = {}  # row -> group_gemms (--group-gemms): the same model object, the knob set before each timing
+    bagged = set()  # rows timed with the bag embedding lookup (--bag-lookup): the same model object, knob set likewise
     graphed = set()  # rows timed as CUDA graph replays (--cuda-graph), on CUDA devices only
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
     for name in names:
@@ -199,6 +205,10 @@ def main(argv=None) -> int:
                 models[f"{name}[g{g}]"] = model
                 rows[f"{name}[g{g}]"] = {**rows[name], "method": f"{name}[g{g}]", "group_gemms": g}
                 grouped[f"{name}[g{g}]"] = g
+            if args.bag_lookup:
+                models[f"{name}[bag]"] = model
+                rows[f"{name}[bag]"] = {**rows[name], "method": f"{name}[bag]", "lookup": "bag"}
+                bagged.add(f"{name}[bag]")
     cuda_devices = [d for d in devices if d.startswith("cuda")]
     if args.cuda_graph and not cuda_devices:
         print(f"--cuda-graph: no CUDA device among {','.join(devices)}; graph rows skipped", flush=True)
@@ -211,6 +221,8 @@ def main(argv=None) -> int:
                 fused.add(f"{n}[graph]")
             if n in grouped:
                 grouped[f"{n}[graph]"] = grouped[n]
+            if n in bagged:
+                bagged.add(f"{n}[graph]")
     # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
     # each model's figure is the median over rounds, its speed-up the median of per-round ratios
     # (graph rows against dense[graph]: graph vs graph, eager vs eager).
@@ -220,6 +232,7 @@ def main(argv=None) -> int:
         for k in range(args.rounds):
             for n in timed:
                 set_group_gemms(models[n], grouped.get(n))
+                set_lookup(models[n], "bag" if n in bagged else "scatter")
                 per_round[n].append(speed(models[n], d, n in fused, n in graphed))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
         for n in timed:
@@ -232,6 +245,7 @@ def main(argv=None) -> int:
                 if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's
                     continue
                 set_group_gemms(model, grouped.get(n))
+                set_lookup(model, "bag" if n in bagged else "scatter")
                 rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)
                 model.cpu()
                 print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)

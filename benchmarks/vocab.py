@@ -73,7 +73,7 @@ from lmshrink.data import load_corpus  # noqa: E402
 from lmshrink.errors import LmshrinkError, check  # noqa: E402
 from lmshrink.io import load_model_dir, save_model_dir, versions, write_json_atomic  # noqa: E402
 from lmshrink.layers import CompressedLayer, tensor_bits  # noqa: E402
-from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, totals  # noqa: E402
+from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, other_gpu_processes, totals  # noqa: E402
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
@@ -155,6 +155,9 @@ def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, lo
         r["tokens_per_s"] = statistics.median(c for c, _ in pairs)
         r["dense_tokens_per_s_beside"] = statistics.median(d for _, d in pairs)
         r["speed_vs_dense"] = statistics.median(c / d for c, d in pairs)
+        r["speed_rounds"] = [{"tokens_per_s": c, "dense_tokens_per_s": d} for c, d in pairs]  # what the medians came from
+        if str(device).startswith("cuda"):  # another script on the same GPU (a GPU driver's side-by-side jobs) skews it
+            r["speed_other_gpu_processes"] = other_gpu_processes({os.getpid()})
         # retraining on a GPU turns TF32 matmuls on (train.lm.autocast_for), and GroupReduce's verdict against the
         # dense softmax flips with it (H100, PTB large shape: 1.19x dense at true fp32, 0.86x with TF32; speed.py)
         r["matmul_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32) if str(device).startswith("cuda") else None
@@ -451,8 +454,13 @@ def targets(results: dict) -> list[str]:
 
 def fmt_speed(r: dict) -> str:
     """Compressed / dense tokens/s, measured side by side; '-' where no such measurement exists (runs timed
-    inside parallel workers before 2026-11-23 kept that figure as ``tokens_per_s_in_worker``, not shown)."""
-    return f"{r['speed_vs_dense']:.2f}" if "speed_vs_dense" in r else "-"
+    inside parallel workers before 2026-11-23 kept that figure as ``tokens_per_s_in_worker``, not shown);
+    marked where other processes shared the GPU while it was timed (or nvidia-smi could not tell)."""
+    if "speed_vs_dense" not in r:
+        return "-"
+    others = r.get("speed_other_gpu_processes", 0)
+    note = " (GPU shared)" if others else " (GPU sharing unknown)" if others is None else ""
+    return f"{r['speed_vs_dense']:.2f}{note}"
 
 
 def write_outputs(results: dict, path: Path) -> str:

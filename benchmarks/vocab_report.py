@@ -8,7 +8,7 @@ table; the PNG has one panel per baseline, test perplexity against bytes on disk
 
     python benchmarks/vocab_report.py benchmarks/results/vocab_ptb_small_s10.json \
         benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium_ft6.json \
-        benchmarks/results/vocab_ptb_small_ft10_drop0.2_partial.json --out benchmarks/results/vocab.json
+        benchmarks/results/vocab_ptb_small_ft10_graph.json benchmarks/results/vocab_ptb_small_ft10_drop0.2.json --out benchmarks/results/vocab.json
 """
 
 from __future__ import annotations
@@ -182,6 +182,8 @@ def main(argv=None) -> int:
     for p in map(Path, args.results):
         res = load(p)
         name = name_of(res, p)
+        if name in report["baselines"]:  # the same baseline under another retraining recipe: say which
+            name += f", {res['setup'].get('finetune_epochs', '?')} retraining epochs"
         if name in report["baselines"]:
             raise SystemExit(f"vocab_report: two results for {name} ({report['baselines'][name]['source']} and {p.name})")
         report["baselines"][name] = {"source": p.name, "verdicts": verdicts(res), "result": res}

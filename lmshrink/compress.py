@@ -20,6 +20,7 @@ import fnmatch
 import math
 import re
 import tomllib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -320,6 +321,33 @@ def compress(model: nn.Module, plan: Plan | dict, stats: dict | None = None, pro
                        "dense_params": old.bias.numel() if old.bias is not None else 0, "params": tp.num_params(),
                        "dense_bits": 32 * (old.bias.numel() if old.bias is not None else 0), "bits": tp.bits()})
     return report
+
+
+@contextmanager
+def training_forms(model: nn.Module):
+    """Retrain layers in their training form: inside the block every layer with a ``training_form()`` (CSR
+    pruned layers) is swapped for it, and on leaving the block for its ``finalize()``, in place; tied
+    softmaxes follow. Why: a storage form that is compact on disk can be slow or uncapturable to train.
+    The model's ``state_dict`` inside the block is the training form's."""
+    swapped = []
+    for name, m in list(model.named_modules()):
+        if callable(getattr(m, "training_form", None)):
+            new = m.training_form()
+            new.method_config = getattr(m, "method_config", None)
+            _set_module(model, name, new)
+            swapped.append(name)
+    if swapped:
+        rebind_tied(model)
+    try:
+        yield swapped
+    finally:
+        for name in swapped:
+            m = model.get_submodule(name)
+            new = m.finalize()
+            new.method_config = getattr(m, "method_config", None)
+            _set_module(model, name, new)
+        if swapped:
+            rebind_tied(model)
 
 
 def rebind_tied(model: nn.Module) -> None:

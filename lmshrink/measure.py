@@ -11,6 +11,7 @@ launch per op from Python) or, on CUDA, as replays of one captured CUDA graph of
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -63,6 +64,19 @@ def bytes_on_disk(model_dir: str | Path) -> dict:
     files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
     weights = files.get("model.safetensors", 0)
     return {"weights": weights, "manifest": files.get("manifest.json", 0), "total": sum(files.values())}
+
+
+def other_gpu_processes(own: set[int]) -> int | None:
+    """How many GPU compute processes outside ``own`` (process ids) nvidia-smi lists now; None where it cannot
+    tell (no nvidia-smi, or a container whose process ids it does not show: then none of ``own`` is listed).
+    Why: a timing or a training wall time taken while another script shares the GPU is not a figure alone."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"], capture_output=True, check=False,
+                             text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    pids = {int(x) for x in out.stdout.split() if x.strip().isdigit()} if out.returncode == 0 else set()
+    return len(pids - own) if pids & own else None
 
 
 def _sync(device: torch.device) -> None:

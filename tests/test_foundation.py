@@ -955,3 +955,46 @@ def test_graph_ready_names_layers_a_cuda_graph_cannot_capture():
     assert graph_ready(model) is None
     compress(model, Plan({"decoder": make_config("prune", density=0.3)}))
     assert "SparseLinear" in graph_ready(model)
+
+
+def test_finetune_of_a_pruned_model_trains_it_in_its_training_form_and_returns_it_csr(pattern_corpus):
+    """finetune_lm retrains CSR layers as dense x fixed pattern (graph-capturable) and hands them back CSR, with
+    the same non-zero count and a lower validation perplexity than before retraining."""
+    from lmshrink.compress import Plan, compress, make_config
+    from lmshrink.layers.sparse import SparseLinear
+
+    model = lm_for(pattern_corpus)
+    compress(model, Plan({"decoder": make_config("prune", density=0.3)}))
+    nnz, pattern = model.decoder.nnz, model.decoder.pattern().clone()
+    seen = []
+    out = lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 2, lr=0.5, device="cpu", progress=False,
+                             precision="fp32", log=seen.append)
+    assert out["model"] is model and isinstance(model.decoder, SparseLinear)
+    assert model.decoder.nnz == nnz and torch.equal(model.decoder.pattern(), pattern)
+    assert out["valid_ppl"] < out["history"][0]["valid_ppl"]
+
+
+def test_baselines_counts_other_gpu_processes_and_says_so_only_when_nvidia_smi_can_tell(tmp_path, monkeypatch,
+                                                                                         bench_module):
+    """A baseline trained beside another script's processes (vocab.py on the same GPU) ran slower: baselines.py
+    counts them from nvidia-smi, and says 'unknown' where nvidia-smi does not list our own runs (a container)."""
+    import os
+
+    from lmshrink.measure import other_gpu_processes
+
+    bl = bench_module("baselines")
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    fake.write_text("#!/bin/sh\nprintf '101\\n202\\n303\\n'\n")
+    fake.chmod(0o755)
+    assert other_gpu_processes({101}) == 2
+    assert other_gpu_processes({999}) is None  # our own run is not listed: nvidia-smi cannot see our ids
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert other_gpu_processes({101}) is None
+    run = {"concurrent_runs": ["a", "b"]}
+    assert bl._beside("a", run) == "b"
+    assert bl._beside("a", {**run, "other_gpu_processes": 3}) == "b, up to 3 other GPU process(es)"
+    assert bl._beside("a", {"concurrent_runs": ["a"], "other_gpu_processes": 0}) == "nothing"
+    assert bl._beside("a", {"concurrent_runs": ["a"], "other_gpu_processes": None}) == "other GPU processes: unknown"
+    assert bl._beside("a", {}) == "?"

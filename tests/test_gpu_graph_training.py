@@ -1,6 +1,6 @@
 """Training steps of compressed models replayed from a CUDA graph (``finetune_lm(cuda_graph=True)``,
 ``vocab.py --cuda-graph``) must equal the eager steps: every row of ``tests/test_methods.py``'s EXAMPLES whose
-model the graph accepts (no per-step training hooks) goes through the same check. GPU only (``pytest -m gpu``).
+model the graph accepts (no per-step training hooks; CSR-pruned rows in their retraining form) goes through the same check. GPU only (``pytest -m gpu``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32"),
 
 @pytest.mark.parametrize("name,i", CASES)
 def test_graph_replayed_training_of_a_compressed_model_equals_eager(name, i):
+    from lmshrink.compress import training_forms
     from lmshrink.train.graphed import StaticLMStep, graph_ready
 
     def run(capture):
         _, model, _ = compressed(name, EXAMPLES[name][i])
+        with training_forms(model):  # as finetune_lm trains it: CSR-pruned rows as dense x fixed pattern
+            return train(model.cuda(), capture)
+
+    def train(model, capture):
         if graph_ready(model) is not None:
             pytest.skip(f"trains eagerly by design: {graph_ready(model)}")
-        model = model.cuda().train()
+        model = model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         step = StaticLMStep(model, params, 6, 3, 5.0, torch.device("cuda"), capture=capture)
         step.set_lr(0.05)  # low enough that no row diverges (packed rows did at 0.5, eager too)

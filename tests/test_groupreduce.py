@@ -401,3 +401,36 @@ def test_set_group_gemms_on_a_compressed_model():
     with pytest.raises(LmshrinkError):
         set_group_gemms(model, 0)
     assert set_group_gemms(torch.nn.Linear(2, 2), 3) == 0
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_bag_lookup_equals_scatter_lookup_and_the_dense_rows_with_their_gradients(bits):
+    """``lookup = "bag"`` (one weighted embedding_bag over each word's block of V) gives the rebuilt dense rows, as
+    the scatter path does, and the same gradients of U and V; ``set_lookup`` sets it on a model; a bad mode is one
+    clear error."""
+    from lmshrink.layers.block_low_rank import set_lookup
+
+    torch.manual_seed(5)
+    V, D = 300, 40
+    layer = apply(torch.randn(V, D), zipf(V), "embedding", ratio=4, num_blocks=4, bits=bits)
+    W = layer.dense_weight().detach()
+    ids = torch.randint(0, V, (6, 5))
+    ids[0, :3] = torch.tensor([0, V - 1, 0])  # the most and least frequent words, one of them twice
+    outs, grads = {}, {}
+    for mode in ("scatter", "bag"):
+        assert set_lookup(torch.nn.Sequential(layer), mode) == 1 and layer.lookup == mode
+        out = layer(ids)
+        torch.testing.assert_close(out.detach(), W[ids], atol=1e-5, rtol=1e-5)
+        outs[mode] = out.detach()
+        if bits is None:
+            layer.zero_grad()
+            (out * torch.linspace(-1, 1, D)).pow(2).sum().backward()
+            grads[mode] = (layer.U.grad.clone(), layer.V.grad.clone())
+    torch.testing.assert_close(outs["bag"], outs["scatter"], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads.get("bag", ()), grads.get("scatter", ())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(LmshrinkError, match="lookup must be one of"):
+        set_lookup(layer, "gather")
+    layer.lookup = "gather"
+    with pytest.raises(LmshrinkError, match="lookup must be one of"):
+        layer(ids)

@@ -104,3 +104,45 @@ def test_bad_input():
         compress(m, Plan({"decoder": make_config("prune", density=0.8)}))
     with pytest.raises(LmshrinkError, match="largest reachable ratio"):
         compress(m, Plan({"decoder": make_config("prune", ratio=1e5)}))
+
+
+def test_csr_layers_retrain_as_dense_times_their_fixed_pattern_and_come_back_csr():
+    """``training_forms``: inside, every CSR layer is a dense weight times its pattern (same outputs, capturable by
+    a CUDA graph, tied softmax still bound); training moves only kept entries; outside, CSR again with the same
+    pattern and the trained values."""
+    from lmshrink.compress import training_forms
+    from lmshrink.layers.sparse import FixedMaskEmbedding, FixedMaskLinear
+    from lmshrink.train.graphed import graph_ready
+
+    m = model(tie=True)
+    compress(m, Plan({"encoder": make_config("prune", density=0.3),
+                      "rnn.layers.0.hh": make_config("prune", density=0.2)}))
+    x = torch.randint(0, 300, (6, 2))
+    with torch.no_grad():
+        want = m(x)[0]
+    patterns = {n: m.get_submodule(n).pattern().clone() for n in ("encoder", "rnn.layers.0.hh")}
+    assert graph_ready(m) is not None  # CSR: eager only
+    with training_forms(m) as swapped:
+        assert sorted(swapped) == ["encoder", "rnn.layers.0.hh"]
+        assert isinstance(m.encoder, FixedMaskEmbedding) and isinstance(m.rnn.layers[0].hh, FixedMaskLinear)
+        assert graph_ready(m) is None
+        with torch.no_grad():
+            torch.testing.assert_close(m(x)[0], want, atol=1e-5, rtol=1e-5)
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        for _ in range(3):
+            loss = m(x)[0].logsumexp(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        trained = {n: m.get_submodule(n).dense_weight().detach().clone() for n in patterns}
+        with torch.no_grad():
+            want_after = m(x)[0]
+    assert isinstance(m.encoder, SparseEmbedding) and isinstance(m.rnn.layers[0].hh, SparseLinear)
+    for n, p in patterns.items():
+        layer = m.get_submodule(n)
+        assert torch.equal(layer.pattern(), p), n
+        assert torch.equal(layer.dense_weight().detach(), trained[n]), n
+        assert not torch.equal(trained[n], torch.zeros_like(trained[n]))
+    assert not torch.equal(want, want_after)  # it did train
+    with torch.no_grad():  # and the tied softmax projects with the new encoder
+        torch.testing.assert_close(m(x)[0], want_after, atol=1e-5, rtol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,13 @@ def test_vocab_benchmark_end_to_end(tmp_path, jobs, bench_module):
         # speeds are taken afterwards in the main process, next to dense (never inside parallel workers)
         for r in out["runs"].values():
             assert r["tokens_per_s"] > 0 and r["dense_tokens_per_s_beside"] > 0
-            assert r["speed_vs_dense"] == pytest.approx(r["tokens_per_s"] / r["dense_tokens_per_s_beside"], rel=0.5)
+            # the figures are the medians of the interleaved rounds kept beside them (exact: a tolerance on the
+            # ratio of medians failed once on a loaded machine, where the median of ratios legitimately differs)
+            rounds = r["speed_rounds"]
+            assert len(rounds) == 3
+            assert r["tokens_per_s"] == statistics.median(x["tokens_per_s"] for x in rounds)
+            assert r["dense_tokens_per_s_beside"] == statistics.median(x["dense_tokens_per_s"] for x in rounds)
+            assert r["speed_vs_dense"] == statistics.median(x["tokens_per_s"] / x["dense_tokens_per_s"] for x in rounds)
         mtime = res.stat().st_mtime
         assert run() == 0  # resumes: nothing redone
         assert all(json.loads(res.read_text())["runs"][k]["wall_s"] == out["runs"][k]["wall_s"] for k in out["runs"])
@@ -249,3 +256,12 @@ def test_vocab_benchmark_refuses_bad_method_settings_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert "rank_multiple must be an integer in 1..64, got 0" in err and len(err.strip().splitlines()) == 1
     assert not res.exists() and not (tmp_path / "w").exists()
+
+
+def test_a_speed_taken_on_a_shared_gpu_says_so(bench_module):
+    vocab = bench_module("vocab")
+    assert vocab.fmt_speed({}) == "-"
+    assert vocab.fmt_speed({"speed_vs_dense": 0.914}) == "0.91"  # CPU, or a GPU nobody else used
+    assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": 0}) == "0.91"
+    assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": 2}) == "0.91 (GPU shared)"
+    assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": None}) == "0.91 (GPU sharing unknown)"

@@ -31,9 +31,16 @@ Fast paths (no (V, D) matrix is ever built in forward):
   graph, TF32 0.93x dense with aligned ranks against 0.89x without, true fp32 1.26x against 1.25x -- so operand
   alignment is not where GroupReduce's TF32 gap lies either. The eager breakdown there puts half of the gap in
   the embedding lookup (0.38-0.43 ms against dense's 0.05 ms per 64 x 35 window), the other half in the softmax;
-- embedding lookup: each id's U row is scattered into its block's columns of an (N, sum r_t) matrix,
-  then one GEMM with V; where each word's U row starts, its rank and its block's first column of V
-  are cached per word, so a lookup is three gathers, a scatter and the GEMM.
+- embedding lookup (``layer.lookup = "scatter"``, the default): each id's U row is scattered into its block's
+  columns of an (N, sum r_t) matrix, then one GEMM with V; where each word's U row starts, its rank and its
+  block's first column of V are cached per word, so a lookup is three gathers, a scatter and the GEMM.
+  ``layer.lookup = "bag"`` (a runtime knob, not saved) instead sums each word's r_t rows of V weighted by its
+  U row in one ``embedding_bag`` (N x R_max x D reads, R_max the largest rank; padding slots weigh 0), with no
+  (N, sum r_t) intermediate. On 2 CPU threads at V 10000, D 650, 10 blocks, 6.6x: 16.9 ms against 21.3 ms per
+  2240 ids, 0.09 against 0.12 ms per id. On an H100 it loses (``results/vocab_speed_gpu_bag_tf32.md``, PTB-large
+  shape, 6.6x, TF32): encoder 2.09 ms per 64 x 35 window against 0.47 (dense 0.12), whole model 0.53x dense
+  against 0.89x (graph vs graph) -- the bag kernel reads R_max rows of V per id, the scatter + TF32 GEMM path is
+  the faster one there. So the default stays ``"scatter"``; ``speed.py --bag-lookup`` times both;
 
 Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
 the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
@@ -60,12 +67,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import check
 from .base import CompressedLayer, register_layer
 from .quantized import PackedMatrix
 
 ALIGN = 8  # elements: 32 bytes of fp32, 16 of bf16 -- what cuBLAS's vectorized tensor-core kernels need
+
+
+LOOKUPS = ("scatter", "bag")
 
 
 def up(n: int) -> int:
@@ -129,16 +140,26 @@ def plan_block_groups(block_sizes: list[int], ranks: list[int], max_groups: int)
     return groups[::-1]
 
 
+def _set_knob(model: nn.Module, name: str, value) -> int:
+    """Set runtime knob ``name`` on every block low-rank layer of ``model``; how many layers were set."""
+    layers = [m for m in model.modules() if isinstance(m, _BlockLowRank)]
+    for m in layers:
+        setattr(m, name, value)
+    return len(layers)
+
+
 def set_group_gemms(model: nn.Module, max_groups: int | None) -> int:
     """Set ``group_gemms`` (the grouped softmax's number of batched GEMMs, ``None``: per block) on every
     block low-rank layer of ``model``; returns how many layers were set. A runtime knob, never saved."""
     check_group_gemms(max_groups, none_ok=True)
-    n = 0
-    for m in model.modules():
-        if isinstance(m, _BlockLowRank):
-            m.group_gemms = max_groups
-            n += 1
-    return n
+    return _set_knob(model, "group_gemms", max_groups)
+
+
+def set_lookup(model: nn.Module, mode: str) -> int:
+    """Set the embedding ``lookup`` path (``"scatter"`` or ``"bag"``) on every block low-rank layer of ``model``;
+    returns how many layers were set. A runtime knob, never saved."""
+    check(mode in LOOKUPS, f"lookup must be one of {', '.join(LOOKUPS)}, got {mode!r}")
+    return _set_knob(model, "lookup", mode)
 
 
 class _BlockLowRank(CompressedLayer):
@@ -172,6 +193,7 @@ class _BlockLowRank(CompressedLayer):
             self._pstarts.append(up(self._pstarts[-1] + n))
         self._cache: dict = {}
         self.group_gemms: int | None = None  # grouped softmax (see the module docstring); a runtime knob
+        self.lookup = "scatter"  # embedding lookup path, "scatter" or "bag" (see the module docstring); a runtime knob
         self._gcache: dict = {}  # the grouped path's plan, indices and padded U / bias
 
     # ------------------------------------------------------------------ storage helpers
@@ -345,6 +367,7 @@ class _BlockLowRank(CompressedLayer):
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         # ids (...,) -> rows (..., D)
+        check(self.lookup in LOOKUPS, f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}")
         ix = self._index(ids.device)
         U, V = self.factors()
         flat = ids.reshape(-1)
@@ -352,6 +375,12 @@ class _BlockLowRank(CompressedLayer):
         k = ix["k"]  # (R,) R = largest rank
         valid = k[None, :] < r[:, None]  # (N, R)
         vals = torch.where(valid, U[torch.where(valid, u_src[:, None] + k[None, :], 0)], U.new_zeros(()))  # (N, R)
+        if self.lookup == "bag":
+            # row i = sum_k vals[i, k] V[r_off_i + k]: a weighted embedding bag over the word's own block of V; the
+            # padding slots weigh 0 (row 0 is read for them), so no (N, sum r_t) matrix is written
+            rows = torch.where(valid, r_off[:, None] + k[None, :], 0)  # (N, R)
+            out = F.embedding_bag(rows, V, mode="sum", per_sample_weights=vals)  # (N, D)
+            return out.view(*ids.shape, self.dim)
         cols = torch.where(valid, r_off[:, None] + k[None, :], self.r_total)  # dummy column for padding
         # (N, sum r + 1 rounded up to ALIGN): the GEMM reads X with an aligned leading dimension
         X = U.new_zeros(flat.numel(), up(self.r_total + 1)).scatter(1, cols, vals)

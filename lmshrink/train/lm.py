@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..compress import training_forms
 from ..data import Corpus, batchify, bptt_windows
 from ..errors import DivergedError, LmshrinkError, check
 from ..models.lstm_lm import Preset, detach_state, lm_loss
@@ -384,6 +385,13 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     check(epochs >= 0, "finetune epochs must be >= 0")
     check_finetune_lr(lr)
     check_finetune_dropout(dropout)
+    with training_forms(model):  # CSR-pruned layers retrain as dense x fixed pattern, CSR again afterwards
+        return _finetune(model, corpus, recipe, epochs, lr, device, progress, precision, seed, log, checkpoint_dir,
+                         cuda_graph, dropout)
+
+
+def _finetune(model, corpus, recipe, epochs, lr, device, progress, precision, seed, log, checkpoint_dir, cuda_graph,
+              dropout) -> dict:
     device = resolve_device(device)
     model = model.to(device)
     ckpt = _FinetuneCheckpoint(checkpoint_dir) if checkpoint_dir is not None and epochs > 0 else None
