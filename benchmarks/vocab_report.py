@@ -182,8 +182,10 @@ def main(argv=None) -> int:
     for p in map(Path, args.results):
         res = load(p)
         name = name_of(res, p)
-        if name in report["baselines"]:  # the same baseline under another retraining recipe: say which
-            name += f", {res['setup'].get('finetune_epochs', '?')} retraining epochs"
+        if name in report["baselines"]:  # the same baseline retrained for another number of epochs: say which
+            epochs = res["setup"].get("finetune_epochs")
+            if epochs is not None and epochs != report["baselines"][name]["result"]["setup"].get("finetune_epochs"):
+                name += f", {epochs} retraining epochs"
         if name in report["baselines"]:
             raise SystemExit(f"vocab_report: two results for {name} ({report['baselines'][name]['source']} and {p.name})")
         report["baselines"][name] = {"source": p.name, "verdicts": verdicts(res), "result": res}

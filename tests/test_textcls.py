@@ -281,6 +281,10 @@ def test_results_schema_from_synthetic_rows(bench_module):
     _check_schema(result)
     t = result["targets"]["toy/dan"]
     assert t["online_keep0.1_within_0.5pt_of_dense"]["gap_points"] == pytest.approx(1.5)
+    assert "paired_gap_points" not in t["online_keep0.1_within_0.5pt_of_dense"]  # summary only: no pairing
+    paired = mod.targets(summary, rows)["toy/dan"]["online_keep0.1_within_0.5pt_of_dense"]["paired_gap_points"]
+    # per seed: 90 - 89 = 1 and 92 - 90 = 2 points -> mean 1.5, standard error stdev(1, 2) / sqrt(2) = 0.5
+    assert paired["seeds"] == 2 and paired["mean"] == pytest.approx(1.5) and paired["se"] == pytest.approx(0.5)
     assert t["online_keep0.1_within_0.5pt_of_dense"]["met"] is False
     assert t["plus_3pt_over_fasttext_zip_at_le_bytes"]["met"] is True  # 89.5 vs 85.5 at 400 <= 700 bytes
     assert t["calr_at_least_best_other_schedule"]["met"] is True

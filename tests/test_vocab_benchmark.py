@@ -123,6 +123,12 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path, bench_module):
     assert any("20x" in x and x.endswith("(better than all)") for x in lines)
     with pytest.raises(SystemExit, match="two results for ptb-medium"):
         mod.main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(out)])
+    # the same baseline retrained for another number of epochs is a second row, named by its epochs
+    other = json.loads((tmp_path / "a.json").read_text())
+    other["setup"]["finetune_epochs"] = 7
+    (tmp_path / "a7.json").write_text(json.dumps(other))
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "a7.json"), "--out", str(out)]) == 0
+    assert "| ptb-medium, 7 retraining epochs | `a7.json` |" in out.with_suffix(".md").read_text()
     (tmp_path / "bad.json").write_text("{\"runs\": {}}")
     with pytest.raises(SystemExit, match="not a vocab.py result"):
         mod.main([str(tmp_path / "bad.json"), "--out", str(out)])
