@@ -386,12 +386,13 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     check_finetune_lr(lr)
     check_finetune_dropout(dropout)
     with training_forms(model):  # CSR-pruned layers retrain as dense x fixed pattern, CSR again afterwards
-        return _finetune(model, corpus, recipe, epochs, lr, device, progress, precision, seed, log, checkpoint_dir,
-                         cuda_graph, dropout)
+        return _finetune(model, corpus, recipe, epochs, lr=lr, device=device, progress=progress, precision=precision,
+                         seed=seed, log=log, checkpoint_dir=checkpoint_dir, cuda_graph=cuda_graph, dropout=dropout)
 
 
-def _finetune(model, corpus, recipe, epochs, lr, device, progress, precision, seed, log, checkpoint_dir, cuda_graph,
-              dropout) -> dict:
+def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, lr, device, progress, precision, seed,
+              log, checkpoint_dir, cuda_graph, dropout) -> dict:
+    """:func:`finetune_lm`'s loop, on the model in its training form."""
     device = resolve_device(device)
     model = model.to(device)
     ckpt = _FinetuneCheckpoint(checkpoint_dir) if checkpoint_dir is not None and epochs > 0 else None
