@@ -36,6 +36,12 @@ between calls.
     # the data travels as an ignored folder: cp -r ../shared/data/{ptb,wikitext-2,glove-6b-50d,wordsim} .data/
     python benchmarks/gpu_all.py --data .data --time-limit 540 --results runs/results --tar $OUT/results.tgz
     python benchmarks/gpu_all.py --data DIR --smoke --device cpu      # minutes on a CPU: every stage, tiny
+
+On the lent machines a process started detached (``setsid nohup ... &``) outlives the call that started it, so
+one call can start a whole plan and later calls only wait and collect, with no SIGINT-and-resume between calls
+(stop 15, ``results/logs/2026-11-23h/driver.sh`` and ``collect.sh``); calls must still follow each other within
+the machine's warm window. The same stop ran the PTB medium baseline beside two vocab.py sets again, and it took
+16.4 min against 3.4 min alone, so the LSTM runs waiting on it did not finish: big baselines alone, first.
 """
 
 from __future__ import annotations
