@@ -164,7 +164,14 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
         "dense_metrics": side["dense"]})
     side["compressed"]["bytes_on_disk"] = bytes_on_disk(out)["total"]
     side["compressed"].pop("test_ppl_before_finetune", None)
-    return {"report": report, "side_by_side": side, "compress_seconds": compress_s, "out": str(out)}
+    warnings = []
+    dense_bytes, ours = side["dense"].get("bytes_on_disk"), side["compressed"]["bytes_on_disk"]
+    if dense_bytes is not None and ours >= dense_bytes:
+        # a "compressed" model that is not smaller is what users of every peer tool complain of: say so, loudly
+        warnings.append(f"the compressed model is not smaller on disk than its dense source ({ours:,} vs {dense_bytes:,} "
+                        "bytes): the compressed layers hold too small a share of this model, or its manifest outweighs "
+                        "what they save")
+    return {"report": report, "side_by_side": side, "compress_seconds": compress_s, "out": str(out), "warnings": warnings}
 
 
 def manifest_of(model_dir) -> dict:

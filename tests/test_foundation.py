@@ -998,3 +998,28 @@ def test_baselines_counts_other_gpu_processes_and_says_so_only_when_nvidia_smi_c
     assert bl._beside("a", {"concurrent_runs": ["a"], "other_gpu_processes": 0}) == "nothing"
     assert bl._beside("a", {"concurrent_runs": ["a"], "other_gpu_processes": None}) == "other GPU processes: unknown"
     assert bl._beside("a", {}) == "?"
+
+
+def test_cli_compress_with_pruning_and_retraining_saves_csr_layers(tmp_path, monkeypatch, capsys):
+    """``lmshrink compress --method prune --finetune-epochs 1``: the retraining runs on the training form and the
+    saved model holds CSR layers again, which eval and info read back; a result no smaller than dense is warned of."""
+    root = write_corpus(tmp_path / "data", train=pattern_text(40), valid=pattern_text(10), test=pattern_text(10))
+    monkeypatch.setitem(CORPORA, "ptb", spec_for(root / "ptb"))
+    m, c = tmp_path / "m", tmp_path / "c"
+    assert run_cli(capsys, "train", "--corpus", "ptb", "--data", root, "--preset", "tiny", "--max-steps", 5,
+                   "--out", m, "--device", "cpu", "--no-progress", "--json")[0] == 0
+    rc, out, err = run_cli(capsys, "compress", m, "--method", "prune", "--ratio", 2, "--finetune-epochs", 1, "--out", c,
+                           "--data", root, "--device", "cpu", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    side = res["side_by_side"]
+    # this tiny model's vocabulary layers are a small share of it, and the manifest grows more than pruning saves:
+    # the result is not smaller on disk, and the command says so on stderr (and in the JSON), not silently
+    assert side["compressed"]["bytes_on_disk"] >= side["dense"]["bytes_on_disk"]
+    assert len(res["warnings"]) == 1 and "not smaller on disk" in res["warnings"][0]
+    assert err.count("warning:") == 1  # stderr also carries the retraining's progress bar
+    assert err.rstrip().splitlines()[-1].startswith("lmshrink compress: warning: the compressed model is not smaller")
+    kinds = {r["name"]: r["kind"] for r in json.loads(run_cli(capsys, "info", c, "--json")[1])["layers"]}
+    assert kinds["encoder"] == "sparse_embedding" and kinds["decoder"] == "sparse_linear"
+    ev = json.loads(run_cli(capsys, "eval", c, "--data", root, "--device", "cpu", "--json")[1])
+    assert ev["test_ppl"] == pytest.approx(side["compressed"]["test_ppl"], rel=1e-6)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 from ._common import add_data_arg, add_json_arg, emit_json, print_table
 
 HELP = "compress a model directory with a plan (or one method on the vocabulary layers)"
@@ -51,6 +53,8 @@ def run(args) -> int:
                              options=_parse_options(args.option), finetune_epochs=args.finetune_epochs,
                              finetune_lr=args.finetune_lr, data_dir=args.data, device=args.device,
                              overwrite=args.overwrite, log=(lambda *_: None) if args.json else print)
+    for w in res["warnings"]:  # on stderr, so that --json output stays one JSON document
+        print(f"lmshrink compress: warning: {w}", file=sys.stderr)
     if args.json:
         emit_json(res)
         return 0

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 from ._common import add_data_arg, dense_comparison_rows, print_table
 
 HELP = "the built-in default job: train a small PTB model on this machine, compress it, compare"
@@ -41,4 +43,6 @@ def run(args) -> int:
     print_table(f"PTB {args.preset}: dense vs {method} x{args.ratio:g} on embedding+softmax",
                 ["", "dense", "compressed", "compressed/dense"], rows,
                 footer=f"model directories: {dense_dir}  {comp_dir}")
+    for w in res["warnings"]:
+        print(f"lmshrink demo: warning: {w}", file=sys.stderr)
     return 0
