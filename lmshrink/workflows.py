@@ -164,14 +164,24 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
         "dense_metrics": side["dense"]})
     side["compressed"]["bytes_on_disk"] = bytes_on_disk(out)["total"]
     side["compressed"].pop("test_ppl_before_finetune", None)
-    warnings = []
-    dense_bytes, ours = side["dense"].get("bytes_on_disk"), side["compressed"]["bytes_on_disk"]
-    if dense_bytes is not None and ours >= dense_bytes:
-        # a "compressed" model that is not smaller is what users of every peer tool complain of: say so, loudly
-        warnings.append(f"the compressed model is not smaller on disk than its dense source ({ours:,} vs {dense_bytes:,} "
-                        "bytes): the compressed layers hold too small a share of this model, or its manifest outweighs "
-                        "what they save")
+    warnings = shrink_warnings(side, dev.type)
     return {"report": report, "side_by_side": side, "compress_seconds": compress_s, "out": str(out), "warnings": warnings}
+
+
+def shrink_warnings(side: dict, device: str = "cpu", slower_below: float = 0.9) -> list[str]:
+    """What a user should hear about a "compressed" model that is not smaller on disk, or clearly slower than its
+    dense source (tokens/s below ``slower_below`` x dense; each timed once here, so small gaps are left alone as
+    noise). Why: a compressed model that is neither smaller nor faster is what users of peer tools complain of."""
+    d, c = side["dense"], side["compressed"]
+    out = []
+    if d.get("bytes_on_disk") is not None and c.get("bytes_on_disk") is not None and c["bytes_on_disk"] >= d["bytes_on_disk"]:
+        out.append(f"the compressed model is not smaller on disk than its dense source ({c['bytes_on_disk']:,} vs "
+                   f"{d['bytes_on_disk']:,} bytes): the compressed layers hold too small a share of this model, or its "
+                   "manifest outweighs what they save")
+    if d.get("tokens_per_s") and c.get("tokens_per_s") and c["tokens_per_s"] < slower_below * d["tokens_per_s"]:
+        out.append(f"the compressed model ran at {c['tokens_per_s'] / d['tokens_per_s']:.2f}x its dense source's "
+                   f"tokens/s on {device} here (each timed once; `benchmarks/speed.py` times them side by side)")
+    return out
 
 
 def manifest_of(model_dir) -> dict:

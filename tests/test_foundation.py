@@ -1016,10 +1016,21 @@ def test_cli_compress_with_pruning_and_retraining_saves_csr_layers(tmp_path, mon
     # this tiny model's vocabulary layers are a small share of it, and the manifest grows more than pruning saves:
     # the result is not smaller on disk, and the command says so on stderr (and in the JSON), not silently
     assert side["compressed"]["bytes_on_disk"] >= side["dense"]["bytes_on_disk"]
-    assert len(res["warnings"]) == 1 and "not smaller on disk" in res["warnings"][0]
-    assert err.count("warning:") == 1  # stderr also carries the retraining's progress bar
-    assert err.rstrip().splitlines()[-1].startswith("lmshrink compress: warning: the compressed model is not smaller")
+    assert "not smaller on disk" in res["warnings"][0]  # a speed warning may follow: timing is not asserted here
+    assert "lmshrink compress: warning: the compressed model is not smaller on disk" in err
     kinds = {r["name"]: r["kind"] for r in json.loads(run_cli(capsys, "info", c, "--json")[1])["layers"]}
     assert kinds["encoder"] == "sparse_embedding" and kinds["decoder"] == "sparse_linear"
     ev = json.loads(run_cli(capsys, "eval", c, "--data", root, "--device", "cpu", "--json")[1])
     assert ev["test_ppl"] == pytest.approx(side["compressed"]["test_ppl"], rel=1e-6)
+
+
+def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():
+    from lmshrink.workflows import shrink_warnings
+
+    side = {"dense": {"bytes_on_disk": 1000, "tokens_per_s": 100.0}, "compressed": {"bytes_on_disk": 400, "tokens_per_s": 95.0}}
+    assert shrink_warnings(side) == []  # smaller, and 0.95x is within timing noise
+    side["compressed"].update(bytes_on_disk=1000, tokens_per_s=80.0)
+    w = shrink_warnings(side, "cuda")
+    assert len(w) == 2 and "not smaller on disk" in w[0] and "(1,000 vs 1,000 bytes)" in w[0]
+    assert "0.80x its dense source's tokens/s on cuda" in w[1]
+    assert shrink_warnings({"dense": {}, "compressed": {"bytes_on_disk": 5}}) == []  # nothing measured: no verdict
