@@ -146,3 +146,11 @@ def test_csr_layers_retrain_as_dense_times_their_fixed_pattern_and_come_back_csr
     assert not torch.equal(want, want_after)  # it did train
     with torch.no_grad():  # and the tied softmax projects with the new encoder
         torch.testing.assert_close(m(x)[0], want_after, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_cuda_lookup_setting_is_one_clear_error():
+    m = model()
+    compress(m, Plan({"encoder": make_config("prune", density=0.3)}))
+    m.encoder.cuda_lookup = "fast"
+    with pytest.raises(LmshrinkError, match="cuda_lookup must be 'rebuild' or 'gather'"):
+        m.encoder(torch.randint(0, 300, (3, 2)))
