@@ -40,7 +40,10 @@ Fast paths (no (V, D) matrix is ever built in forward):
   2240 ids, 0.09 against 0.12 ms per id. On an H100 it loses (``results/vocab_speed_gpu_bag_tf32.md``, PTB-large
   shape, 6.6x, TF32): encoder 2.09 ms per 64 x 35 window against 0.47 (dense 0.12), whole model 0.53x dense
   against 0.89x (graph vs graph) -- the bag kernel reads R_max rows of V per id, the scatter + TF32 GEMM path is
-  the faster one there. So the default stays ``"scatter"``; ``speed.py --bag-lookup`` times both;
+  the faster one there. So the default stays ``"scatter"``; ``speed.py --bag-lookup`` times both. Rebuilding the
+  whole (V, D) table from its blocks per call and gathering rows (what the pruned layers' GPU lookup does) was
+  tried too and dropped: 0.40-0.46 ms against scatter's 0.47-0.48, whole model 0.86x dense[graph] against 0.88x
+  (``results/logs/2026-11-23h/gr_lookup_probe.*``) -- the ten block GEMMs cost what the scatter path costs;
 
 Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
 the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
