@@ -1034,3 +1034,33 @@ def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():
     assert len(w) == 2 and "not smaller on disk" in w[0] and "(1,000 vs 1,000 bytes)" in w[0]
     assert "0.80x its dense source's tokens/s on cuda" in w[1]
     assert shrink_warnings({"dense": {}, "compressed": {"bytes_on_disk": 5}}) == []  # nothing measured: no verdict
+
+
+def test_finetune_of_a_pruned_model_resumes_from_its_training_form_checkpoint(pattern_corpus, tmp_path):
+    """The epoch checkpoints of a pruned model hold its training form (dense x pattern); a cut retraining resumes
+    from them and ends as an uninterrupted one, CSR again."""
+    from lmshrink.compress import Plan, compress, make_config
+    from lmshrink.layers.sparse import SparseLinear
+
+    def pruned():
+        model = lm_for(pattern_corpus)
+        compress(model, Plan({"decoder": make_config("prune", density=0.3)}))
+        return model
+
+    quiet = dict(device="cpu", progress=False, precision="fp32")
+    whole = lm_mod.finetune_lm(pruned(), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None, **quiet)
+
+    def stop_in_epoch_2(msg):
+        if msg.startswith("finetune epoch 2/"):
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ft"
+    cut = pruned()
+    with pytest.raises(KeyboardInterrupt):
+        lm_mod.finetune_lm(cut, pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=stop_in_epoch_2, checkpoint_dir=ckpt, **quiet)
+    assert isinstance(cut.decoder, SparseLinear)  # even a cut retraining hands the model back in its stored form
+    resumed = lm_mod.finetune_lm(pruned(), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None,
+                                 checkpoint_dir=ckpt, **quiet)
+    assert resumed["history"] == whole["history"]
+    assert isinstance(resumed["model"].decoder, SparseLinear)
+    assert torch.equal(resumed["model"].decoder.dense_weight(), whole["model"].decoder.dense_weight())
