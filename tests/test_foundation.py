@@ -1047,7 +1047,7 @@ def test_finetune_of_a_pruned_model_resumes_from_its_training_form_checkpoint(pa
         compress(model, Plan({"decoder": make_config("prune", density=0.3)}))
         return model
 
-    quiet = dict(device="cpu", progress=False, precision="fp32")
+    quiet = {"device": "cpu", "progress": False, "precision": "fp32"}
     whole = lm_mod.finetune_lm(pruned(), pattern_corpus, TINY_RECIPE, 3, lr=0.5, log=lambda *_: None, **quiet)
 
     def stop_in_epoch_2(msg):
