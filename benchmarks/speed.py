@@ -181,8 +181,15 @@ def main(argv=None) -> int:
 
     models = {"dense": dense}
     fused = set()  # rows timed with the LSTM weights rebuilt dense per window (--rebuilt)
-    grouped = {}  # row -> group_gemms (--group-gemms): the same model object, the knob set before each timing
-    bagged = set()  # rows timed with the bag embedding lookup (--bag-lookup): the same model object, knob set likewise
+    # row -> GroupReduce runtime knobs (--group-gemms: group_gemms; --bag-lookup: lookup): the same model object as
+    # its plain row, the knobs set before each timing
+    knobs: dict[str, dict] = {}
+
+    def set_knobs(model, row: str) -> None:
+        k = knobs.get(row, {})
+        set_group_gemms(model, k.get("group_gemms"))
+        set_lookup(model, k.get("lookup", "scatter"))
+
     graphed = set()  # rows timed as CUDA graph replays (--cuda-graph), on CUDA devices only
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
     for name in names:
@@ -204,11 +211,11 @@ def main(argv=None) -> int:
             for g in group_gemms:
                 models[f"{name}[g{g}]"] = model
                 rows[f"{name}[g{g}]"] = {**rows[name], "method": f"{name}[g{g}]", "group_gemms": g}
-                grouped[f"{name}[g{g}]"] = g
+                knobs[f"{name}[g{g}]"] = {"group_gemms": g}
             if args.bag_lookup:
                 models[f"{name}[bag]"] = model
                 rows[f"{name}[bag]"] = {**rows[name], "method": f"{name}[bag]", "lookup": "bag"}
-                bagged.add(f"{name}[bag]")
+                knobs[f"{name}[bag]"] = {"lookup": "bag"}
     cuda_devices = [d for d in devices if d.startswith("cuda")]
     if args.cuda_graph and not cuda_devices:
         print(f"--cuda-graph: no CUDA device among {','.join(devices)}; graph rows skipped", flush=True)
@@ -219,10 +226,8 @@ def main(argv=None) -> int:
             graphed.add(f"{n}[graph]")
             if n in fused:
                 fused.add(f"{n}[graph]")
-            if n in grouped:
-                grouped[f"{n}[graph]"] = grouped[n]
-            if n in bagged:
-                bagged.add(f"{n}[graph]")
+            if n in knobs:
+                knobs[f"{n}[graph]"] = knobs[n]
     # Interleaved rounds (dense, m1, m2, ..., dense, m1, ...): load drift hits every model alike;
     # each model's figure is the median over rounds, its speed-up the median of per-round ratios
     # (graph rows against dense[graph]: graph vs graph, eager vs eager).
@@ -231,8 +236,7 @@ def main(argv=None) -> int:
         per_round = {n: [] for n in timed}
         for k in range(args.rounds):
             for n in timed:
-                set_group_gemms(models[n], grouped.get(n))
-                set_lookup(models[n], "bag" if n in bagged else "scatter")
+                set_knobs(models[n], n)
                 per_round[n].append(speed(models[n], d, n in fused, n in graphed))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
         for n in timed:
@@ -244,8 +248,7 @@ def main(argv=None) -> int:
             for n, model in models.items():
                 if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's
                     continue
-                set_group_gemms(model, grouped.get(n))
-                set_lookup(model, "bag" if n in bagged else "scatter")
+                set_knobs(model, n)
                 rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)
                 model.cpu()
                 print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)

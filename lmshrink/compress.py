@@ -323,31 +323,31 @@ def compress(model: nn.Module, plan: Plan | dict, stats: dict | None = None, pro
     return report
 
 
+def replace_modules_(model: nn.Module, names: list[str], make: Callable[[nn.Module], nn.Module]) -> list[str]:
+    """Swap each named module for ``make(module)`` in place, keeping its ``method_config``, then re-bind tied
+    softmaxes to the new modules. Returns ``names``."""
+    for name in names:
+        old = model.get_submodule(name)
+        new = make(old)
+        new.method_config = getattr(old, "method_config", None)
+        _set_module(model, name, new)
+    if names:
+        rebind_tied(model)
+    return names
+
+
 @contextmanager
 def training_forms(model: nn.Module):
     """Retrain layers in their training form: inside the block every layer with a ``training_form()`` (CSR
     pruned layers) is swapped for it, and on leaving the block for its ``finalize()``, in place; tied
     softmaxes follow. Why: a storage form that is compact on disk can be slow or uncapturable to train.
     The model's ``state_dict`` inside the block is the training form's."""
-    swapped = []
-    for name, m in list(model.named_modules()):
-        if callable(getattr(m, "training_form", None)):
-            new = m.training_form()
-            new.method_config = getattr(m, "method_config", None)
-            _set_module(model, name, new)
-            swapped.append(name)
-    if swapped:
-        rebind_tied(model)
+    names = [n for n, m in model.named_modules() if callable(getattr(m, "training_form", None))]
+    replace_modules_(model, names, lambda m: m.training_form())
     try:
-        yield swapped
+        yield names
     finally:
-        for name in swapped:
-            m = model.get_submodule(name)
-            new = m.finalize()
-            new.method_config = getattr(m, "method_config", None)
-            _set_module(model, name, new)
-        if swapped:
-            rebind_tied(model)
+        replace_modules_(model, names, lambda m: m.finalize())
 
 
 def rebind_tied(model: nn.Module) -> None:

@@ -135,6 +135,14 @@ class _SparseBase(CompressedLayer):
         mask = torch.zeros(self.rows, self.cols, dtype=torch.bool, device=self.values.device)
         return mask.index_put_((ix["row"], ix["col"]), torch.ones_like(ix["col"], dtype=torch.bool))
 
+    @torch.no_grad()
+    def _as_fixed_mask(self, layer: _MaskedBase) -> _MaskedBase:
+        """``layer`` (a fixed-mask training form of this shape) on this device, holding this pattern and weight."""
+        layer = layer.to(self.values.device)
+        layer.mask.copy_(self.pattern())
+        layer.weight.copy_(self.dense_weight())
+        return layer
+
 
 @register_layer
 class SparseLinear(_SparseBase):
@@ -159,10 +167,7 @@ class SparseLinear(_SparseBase):
     @torch.no_grad()
     def training_form(self) -> FixedMaskLinear:
         """This layer as a dense weight times its fixed pattern, for retraining (see module doc)."""
-        layer = FixedMaskLinear(self.in_features, self.out_features, self.nnz, bias=self.bias is not None)
-        layer = layer.to(self.values.device)
-        layer.mask.copy_(self.pattern())
-        layer.weight.copy_(self.dense_weight())
+        layer = self._as_fixed_mask(FixedMaskLinear(self.in_features, self.out_features, self.nnz, bias=self.bias is not None))
         if self.bias is not None:
             layer.bias.copy_(self.bias)
         return layer
@@ -191,10 +196,7 @@ class SparseEmbedding(_SparseBase):
     @torch.no_grad()
     def training_form(self) -> FixedMaskEmbedding:
         """This table as a dense weight times its fixed pattern, for retraining (see module doc)."""
-        layer = FixedMaskEmbedding(self.num_embeddings, self.embedding_dim, self.nnz).to(self.values.device)
-        layer.mask.copy_(self.pattern())
-        layer.weight.copy_(self.dense_weight())
-        return layer
+        return self._as_fixed_mask(FixedMaskEmbedding(self.num_embeddings, self.embedding_dim, self.nnz))
 
 
 # ---------------------------------------------------------------------------------------------- masks

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..compress import LayerContext, SizeBudget, register_method, rebind_tied
+from ..compress import LayerContext, SizeBudget, register_method, replace_modules_
 from ..errors import check
 from ..layers.sparse import (MaskedEmbedding, MaskedLinear, SparseEmbedding, SparseLinear, _MaskedBase, col_dtype,
                              count_dtype, dtype_bits, keep_count, magnitude_mask, sparse_bits)
@@ -126,17 +126,8 @@ def finalize_pruning_(model: nn.Module) -> list[str]:
 
     Call after retraining and before saving or measuring. Tied softmaxes are re-bound to the new layer.
     """
-    done = []
-    for name, m in list(model.named_modules()):
-        if isinstance(m, _MaskedBase):
-            new = m.finalize()
-            new.method_config = getattr(m, "method_config", None)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-            done.append(name)
-    if done:
-        rebind_tied(model)
-    return done
+    names = [n for n, m in model.named_modules() if isinstance(m, _MaskedBase)]
+    return replace_modules_(model, names, lambda m: m.finalize())
 
 
 def gate_densities(layer: nn.Module, num_gates: int = 4) -> list[float]:
