@@ -351,6 +351,25 @@ def fmt(v, spec="{:.2f}", none="-"):
     return none if v is None or (isinstance(v, float) and not math.isfinite(v)) else spec.format(v)
 
 
+# a run whose test perplexity ends above this multiple of the dense model's has not been compressed with a loss, it
+# has stopped modelling the language (TT at 25x on PTB large, lr 1: train ppl 2e6 in its first epoch); the tables
+# name it and the plot draws it at its top edge, where it does not flatten every other point into the axis
+DIVERGED_X = 3.0
+
+
+def diverged(r: dict, base: dict) -> bool:
+    return r["test_ppl"] > DIVERGED_X * base["test_ppl"]
+
+
+def diverged_note(r: dict, base: dict) -> str:
+    first = (r.get("history") or [{}])[0]
+    return (f"- {r['label']} @{fmt(r.get('ratio_target'), '{:g}x')} ({r['mode']}): test ppl {fmt(r['test_ppl'])}, over "
+            f"{DIVERGED_X:g}x the dense model's: it diverged"
+            + (f" (valid ppl {fmt(r['valid_ppl_before_retrain'])} before retraining" if r.get("valid_ppl_before_retrain") else " (")
+            + (f"; train ppl {first['train_ppl']:.3g} in epoch 1 at lr {first.get('lr', '?'):g})" if "train_ppl" in first else ")")
+            + ".")
+
+
 def group_rows(results: dict, group: str):
     base = results["baselines"].get(group)
     runs = [r for r in results["runs"].values() if r.get("group") == group and r.get("status") == "ok"]
@@ -386,16 +405,21 @@ def markdown(results: dict) -> str:
             delta = 100 * (r["test_ppl"] / base["test_ppl"] - 1)
             lines.append(f"| {r['label']} | {r['mode']} | {fmt(r.get('ratio_target'), '{:g}x')} | {ratio:.1f} | "
                          f"{r['lstm_bytes_on_disk'] / 2**20:.3f} | {r['model_weights_bytes_on_disk'] / 2**20:.2f} | "
-                         f"{fmt(r['test_ppl'])} | {delta:+.2f} | {fmt(r.get('gpu_tokens_per_s'), '{:,.0f}')} | "
+                         f"{fmt(r['test_ppl'])} | {delta:+.2f}{' (diverged)' if diverged(r, base) else ''} | "
+                         f"{fmt(r.get('gpu_tokens_per_s'), '{:,.0f}')} | "
                          f"{fmt(r.get('gpu_tokens_per_s_fused'), '{:,.0f}')} | "
                          f"{fmt(r.get('cpu_ms_per_token'), '{:.3f}')} | {r['epochs']} | "
                          f"{fmt((r.get('train_wall_s') or float('nan')) / 60, '{:.1f}')} |")
+        gone = [diverged_note(r, base) for r in runs if diverged(r, base)]
+        if gone:
+            lines += [""] + gone
         lines += ["", f"Grachev et al. (2019) style, {group}:", "",
                   "| method | perplexity | size MB (LSTM, disk) | ms/token CPU b=1 | tokens/s GPU |", "|---|---|---|---|---|"]
         lines.append(f"| dense | {fmt(base['test_ppl'])} | {base['lstm_bytes_on_disk'] / 1e6:.2f} | "
                      f"{fmt(base.get('cpu_ms_per_token'), '{:.3f}')} | {fmt(base.get('gpu_tokens_per_s'), '{:,.0f}')} |")
         for r in runs:
-            lines.append(f"| {r['label']} @{fmt(r.get('ratio_target'), '{:g}x')} ({r['mode']}) | {fmt(r['test_ppl'])} | "
+            lines.append(f"| {r['label']} @{fmt(r.get('ratio_target'), '{:g}x')} ({r['mode']}) | {fmt(r['test_ppl'])}"
+                         f"{' (diverged)' if diverged(r, base) else ''} | "
                          f"{r['lstm_bytes_on_disk'] / 1e6:.2f} | {fmt(r.get('cpu_ms_per_token'), '{:.3f}')} | "
                          f"{fmt(r.get('gpu_tokens_per_s'), '{:,.0f}')} |")
         lines.append("")
@@ -423,12 +447,21 @@ def plot(results: dict, path: Path) -> None:
         by = {}
         for r in runs:
             by.setdefault(f"{r['label']} ({r['mode']})", []).append(r)
+        top = DIVERGED_X * base["test_ppl"]
         for label, rs in sorted(by.items()):
             rs.sort(key=lambda r: r["lstm_bytes_on_disk"])
-            ax.plot([r["lstm_bytes_on_disk"] for r in rs], [r["test_ppl"] for r in rs], "o-", label=label)
+            ys = [min(r["test_ppl"], top) for r in rs]
+            line, = ax.plot([r["lstm_bytes_on_disk"] for r in rs], ys, "o-", label=label)
+            for r, y in zip(rs, ys):
+                if diverged(r, base):  # drawn at the top edge, its value written beside it
+                    ax.plot([r["lstm_bytes_on_disk"]], [y], "^", color=line.get_color(), markersize=10)
+                    ax.annotate(f"{r['test_ppl']:.3g} (diverged)", (r["lstm_bytes_on_disk"], y), fontsize=7,
+                                xytext=(6, -10), textcoords="offset points")
         ax.plot([base["lstm_bytes_on_disk"]], [base["test_ppl"]], "k*", markersize=12, label="dense")
         ax.axhline(base["test_ppl"] * 1.014, color="gray", ls=":", lw=1, label="dense +1.4%")
         ax.set_xscale("log")
+        if any(diverged(r, base) for r in runs):
+            ax.set_ylim(top=top * 1.05)
         ax.set_xlabel("LSTM layers, bytes on disk")
         ax.set_ylabel("test perplexity")
         ax.set_title(group)

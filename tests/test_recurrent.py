@@ -415,3 +415,40 @@ def test_benchmark_script_refuses_cuda_graph_without_cuda_before_any_work(tmp_pa
     assert done.returncode == 2
     assert "needs a CUDA device" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "work").exists()
+
+
+def test_a_diverged_run_is_named_in_the_tables_and_kept_off_the_plot_scale(tmp_path, bench_module, monkeypatch):
+    """A run that ends far above the dense perplexity (TT at 25x on PTB large at lr 1: 38,207) is marked
+    "(diverged)" with its first epoch's train perplexity, and the plot's y axis stays near the other runs."""
+    mod = bench_module("recurrent")
+    base = {"test_ppl": 80.0, "valid_ppl": 82.0, "lstm_bytes_on_disk": 2**20, "model_weights_bytes_on_disk": 2**21,
+            "lstm_bits": 8 * 2**20}
+
+    def run(label, ppl, train1):
+        return {"group": "large/ptb", "status": "ok", "label": label, "mode": "retrain", "ratio_target": 25,
+                "lstm_bits": 8 * 2**20 / 25, "test_ppl": ppl, "lstm_bytes_on_disk": 2**20 / 25,
+                "model_weights_bytes_on_disk": 2**20, "epochs": 6, "valid_ppl_before_retrain": 1000.0,
+                "history": [{"epoch": 1, "lr": 1.0, "train_ppl": train1}]}
+
+    res = {"baselines": {"large/ptb": base}, "runs": {"a": run("tt", 38206.89, 2.15e6), "b": run("prune", 93.6, 57.0)}}
+    md = mod.markdown(res)
+    assert "| 38206.89 | +47658.61 (diverged) |" in md and "| 93.60 | +17.00 |" in md
+    assert ("- tt @25x (retrain): test ppl 38206.89, over 3x the dense model's: it diverged (valid ppl 1000.00 before "
+            "retraining; train ppl 2.15e+06 in epoch 1 at lr 1).") in md
+    assert "| tt @25x (retrain) | 38206.89 (diverged) |" in md and "prune @25x (retrain) | 93.60 |" in md
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        saved["ylim"] = fig.axes[0].get_ylim()
+        return real_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    mod.plot(res, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0
+    assert saved["ylim"][1] == pytest.approx(3 * 80.0 * 1.05)

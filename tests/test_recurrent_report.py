@@ -65,3 +65,21 @@ def test_bad_files_are_refused_with_one_line(tmp_path, bench_module):
     with pytest.raises(SystemExit, match="no dense baseline for small/ptb"):
         mod.main([str(tmp_path / "y.json"), "--group", "small/ptb", "--out", str(tmp_path / "r.md")])
     assert not (tmp_path / "r.md").exists()
+
+
+def test_an_ablation_of_doped_kp_is_judged_as_doped_kp_not_as_a_rival(tmp_path, bench_module):
+    """doped_kp:cmr=0 (the CMR ablation) is doped KP with other options: its best counts for doped KP's verdict and
+    it never appears among the methods doped KP must beat."""
+    mod = bench_module("recurrent_report")
+    (tmp_path / "a.json").write_text(json.dumps(_result(100.0, 1.0, 20, [("doped_kp", 25, 107.9), ("doped_kp:cmr=0", 25, 107.6),
+                                                                         ("prune", 25, 108.7)])))
+    out = tmp_path / "r.md"
+    assert mod.main([str(tmp_path / "a.json"), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "within +1.4% at 25x: **not met** (+7.60%, as doped_kp:cmr=0)." in md
+    assert "(each at its best recipe): met." in md  # 1.1 points ahead of pruning, the only rival
+    assert "as good or better" not in md
+    # a rival between the two variants: doped KP's best variant is what it is judged by
+    (tmp_path / "b.json").write_text(json.dumps(_result(100.0, 0.2, 10, [("lmf", 25, 107.7)])))
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
+    assert "met, but by only 0.10 points: within run-to-run noise." in out.read_text()
