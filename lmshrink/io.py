@@ -213,7 +213,7 @@ def load_model_dir(model_dir: str | Path, device: str | torch.device = "cpu", ve
             cls = LAYER_TYPES.get(entry["type"])
         check(cls is not None, f"{d}: unknown compressed layer type {entry['type']!r} for {name!r} (newer lmshrink?)")
         with torch.device("meta"):
-            layer = cls(**entry["spec"])
+            layer = cls.from_spec(entry["spec"])
         if entry.get("config") is not None:
             layer.method_config = entry["config"]
         parent_name, _, child = name.rpartition(".")

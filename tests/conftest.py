@@ -37,3 +37,52 @@ def bench_module():
         return mod
 
     return load
+
+
+@pytest.fixture
+def reload_as_old_model(tmp_path, capsys):
+    """Save a model whose packed layers use the padded layout as lmshrink wrote it before layouts existed (no
+    ``layout`` key in any manifest spec), then load it back through ``load_model_dir`` and through the CLI's
+    ``lmshrink info``. Checks that the packed layers come back padded, the same size and with exactly the same
+    outputs on ``ids``; returns the loaded model."""
+    import json
+
+    from lmshrink.cli import main
+    from lmshrink.io import MANIFEST, load_model_dir, save_model_dir
+    from lmshrink.layers import CompressedLayer
+    from lmshrink.layers.packing import group_layout
+    from lmshrink.layers.quantized import PackedMatrix
+
+    def packed(model):
+        return {n: m.layout for n, m in model.named_modules() if isinstance(m, PackedMatrix)}
+
+    def layers(model):
+        return {n: (m.layer_type, m.bits()) for n, m in model.named_modules() if isinstance(m, CompressedLayer)}
+
+    def run(model, ids, name="old"):
+        model.eval()
+        assert packed(model) and set(packed(model).values()) == {"padded"}
+        # the test means something only where the balanced layout would store other shapes
+        assert any(m.g != group_layout(m.cols, m.group_size, "balanced")[0]
+                   for m in model.modules() if isinstance(m, PackedMatrix))
+        with torch.no_grad():
+            want = model(ids)[0]
+        d = tmp_path / name
+        save_model_dir(model, d)
+        manifest = json.loads((d / MANIFEST).read_text())
+        for entry in manifest["compressed_layers"].values():
+            assert entry["spec"].pop("layout", "padded") == "padded"
+        (d / MANIFEST).write_text(json.dumps(manifest))  # only the manifest changed: the weights' digest holds
+        loaded, _ = load_model_dir(d)
+        assert packed(loaded) == packed(model) and layers(loaded) == layers(model)
+        assert all(getattr(m, "layout", "padded") in ("padded", None) for m in loaded.modules()
+                   if isinstance(m, CompressedLayer))
+        with torch.no_grad():
+            assert torch.equal(loaded(ids)[0], want)
+        capsys.readouterr()
+        assert main(["info", str(d), "--json"]) == 0
+        rows = {r["name"]: r["bits"] for r in json.loads(capsys.readouterr().out)["layers"]}
+        assert {n: rows[n] for n in layers(model)} == {n: bits for n, (_, bits) in layers(model).items()}
+        return loaded
+
+    return run

@@ -434,3 +434,75 @@ def test_bag_lookup_equals_scatter_lookup_and_the_dense_rows_with_their_gradient
     layer.lookup = "gather"
     with pytest.raises(LmshrinkError, match="lookup must be one of"):
         layer(ids)
+
+
+@pytest.mark.parametrize("layout", ["padded", "balanced"])
+def test_max_u_entries_is_the_longest_u_that_fits(layout):
+    from lmshrink.layers.packing import packed_bits
+    from lmshrink.methods.groupreduce import max_u_entries
+
+    V, D, ranks, bits = 300, 200, [6, 4, 3], 4
+
+    def cost(L):  # word_pos (int16) + U flat in groups of 128 + V (13, 200)
+        return V * 16 + packed_bits(1, L, bits, 128, layout) + packed_bits(sum(ranks), D, bits, 128, layout)
+
+    ends_inside_a_group = 0
+    for budget in range(cost(1), cost(1) + 40_000, 613):
+        L = max_u_entries(budget, V, D, ranks, bits, 128, layout)
+        assert cost(L) <= budget < cost(L + 1), (budget, L)
+        ends_inside_a_group += L >= 128 and L % 128 != 0
+    assert (ends_inside_a_group > 0) == (layout == "balanced")  # padded: whole groups of 128 only (L >= 128)
+
+
+def test_quantized_groupreduce_sizes_its_ranks_for_the_balanced_layout_it_builds():
+    """bits with a ratio: the ranks' budget and the layer built are both balanced (exact bits, within budget), and
+    the bits the padded layout would have wasted go into rank."""
+    from lmshrink.methods.groupreduce import build_layer
+
+    torch.manual_seed(0)
+    V, D, ratio = 600, 200, 12
+    W = torch.randn(V, D)
+    budget = V * D * 32 / ratio
+    layer = apply(W, zipf(V), ratio=ratio, num_blocks=4, bits=4)
+    assert layer.layout == "balanced" and layer.spec()["layout"] == "balanced"
+    state_bits = sum(t.numel() * t.element_size() * 8 for t in layer.state_dict().values())
+    assert layer.bits() == state_bits == layer_bits(layer.block_sizes, layer.ranks, D, 4, 128) <= budget
+    assert layer_bits(layer.block_sizes, layer.ranks, D, 4, 128, "padded") > budget  # would not fit padded
+    cfg = make_config("groupreduce", ratio=ratio, num_blocks=4, bits=4)
+    padded = groupreduce_fit(W, zipf(V), cfg, budget, layout="padded")
+    assert sum(padded.ranks) < sum(layer.ranks)
+    old = build_layer(W, padded, "embedding", None, 4, 128, layout="padded")
+    assert old.layout == "padded"
+    assert old.bits() == layer_bits(old.block_sizes, old.ranks, D, 4, 128, "padded") <= budget
+    assert "layout" not in apply(W, zipf(V), ratio=ratio, num_blocks=4).spec()  # float factors: no layout key
+
+
+@pytest.mark.parametrize("quantize_softmax", [True, False])
+def test_groupreduce_q_models_saved_before_layouts_load_padded_with_the_same_outputs(quantize_softmax,
+                                                                                   reload_as_old_model):
+    """GroupReduce + quantization written the old way (padded: the embedding sized and built padded by the method,
+    the softmax quantized after retraining), saved without ``layout`` in its manifest: loads padded, same outputs.
+    A float GroupReduce softmax beside it has no layout in its spec and loads float."""
+    from lmshrink.compress import Plan, compress
+    from lmshrink.layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear
+    from lmshrink.methods.groupreduce import build_layer
+    from lmshrink.methods.quantize import quantize_model_
+    from lmshrink.models import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    V, H = 300, 200
+    m = LSTMLanguageModel(V, hidden=H, layers=1)
+    W = m.encoder.weight.detach().clone()
+    fit = groupreduce_fit(W, zipf(V), make_config("groupreduce", ratio=12, num_blocks=4, bits=4), V * H * 32 / 12,
+                          layout="padded")
+    m.encoder = build_layer(W, fit, "embedding", None, 4, 128, layout="padded")
+    compress(m, Plan({"decoder": make_config("groupreduce", ratio=4, num_blocks=4)}), {"word_counts": zipf(V)})
+    if quantize_softmax:
+        assert quantize_model_(m, 4, 128, layout="padded") == ["decoder"]
+    else:
+        assert m.decoder.nbits is None and "layout" not in m.decoder.spec()
+    loaded = reload_as_old_model(m, torch.randint(0, V, (7, 3)))
+    assert isinstance(loaded.encoder, BlockLowRankEmbedding) and isinstance(loaded.decoder, BlockLowRankLinear)
+    assert loaded.encoder.layout == "padded"
+    assert loaded.decoder.layout == ("padded" if quantize_softmax else None)
+    assert loaded.decoder.spec() == m.decoder.spec()

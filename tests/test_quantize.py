@@ -1,6 +1,10 @@
-"""Quantization-specific checks: bit packing, error bounds, bit budgets, quantizing retrained factors."""
+"""Quantization-specific checks: bit packing, group layouts, error bounds, bit budgets, quantizing retrained factors,
+loading models saved before the balanced layout existed."""
 
 from __future__ import annotations
+
+import copy
+import json
 
 import pytest
 import torch
@@ -8,10 +12,16 @@ import torch
 import lmshrink.methods  # noqa: F401
 from lmshrink.compress import Plan, compress, make_config
 from lmshrink.errors import LmshrinkError
-from lmshrink.layers.block_low_rank import BlockLowRankEmbedding
-from lmshrink.layers.packing import pack_codes, packed_bits, unpack_codes
-from lmshrink.layers.quantized import PackedMatrix, QuantizedEmbedding
-from lmshrink.methods.quantize import quantize_model_
+from lmshrink.layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear
+from lmshrink.layers.packing import group_layout, pack_codes, packed_bits, unpack_codes
+from lmshrink.layers.quantized import (
+    PackedMatrix,
+    QuantizedEmbedding,
+    QuantizedLinear,
+    QuantizedLowRankEmbedding,
+    QuantizedLowRankLinear,
+)
+from lmshrink.methods.quantize import bits_for_ratio, quantize_layer, quantize_model_
 from lmshrink.models import LSTMLanguageModel
 
 
@@ -24,21 +34,69 @@ def test_pack_unpack_roundtrip(bits):
     assert torch.equal(unpack_codes(packed, bits, 64).long(), codes)
 
 
+# cols, group_size, (g, groups) balanced, (g, groups) padded
+LAYOUT_TABLE = [
+    (200, 128, (104, 2), (128, 2)),
+    (650, 128, (112, 6), (128, 6)),
+    (1500, 128, (128, 12), (128, 12)),  # 125 per group, up to 128: no saving
+    (70, 128, (72, 1), (72, 1)),
+    (8, 128, (8, 1), (8, 1)),
+    (200, None, (200, 1), (200, 1)),
+    (650, None, (656, 1), (656, 1)),
+    (1500, None, (1504, 1), (1504, 1)),
+    (70, None, (72, 1), (72, 1)),
+    (8, None, (8, 1), (8, 1)),
+    (200, 32, (32, 7), (32, 7)),
+    (650, 32, (32, 21), (32, 21)),
+    (1500, 32, (32, 47), (32, 47)),
+    (70, 32, (24, 3), (32, 3)),
+    (8, 32, (8, 1), (8, 1)),
+]
+
+
+@pytest.mark.parametrize("cols,group_size,balanced,padded", LAYOUT_TABLE)
+def test_group_layout_balanced_and_padded(cols, group_size, balanced, padded):
+    assert group_layout(cols, group_size, "balanced") == balanced == group_layout(cols, group_size)  # the default
+    assert group_layout(cols, group_size, "padded") == padded
+
+
+def test_packed_bits_of_both_layouts():
+    # per row at 4 bits, group_size 128: two groups of 128 vs of 104 (200 wide), six of 128 vs of 112 (650 wide)
+    assert packed_bits(1, 200, 4, 128, "padded") == 2 * (128 * 4 + 32) == 1088
+    assert packed_bits(1, 200, 4, 128, "balanced") == 2 * (104 * 4 + 32) == 896
+    assert packed_bits(1, 650, 4, 128, "padded") == 6 * (128 * 4 + 32) == 3264
+    assert packed_bits(1, 650, 4, 128, "balanced") == 6 * (112 * 4 + 32) == 2880
+    assert packed_bits(10000, 200, 4, 128) == 10000 * 896
+    for group_size in (None, 8, 32, 128):
+        for cols in range(1, 700):
+            gb, nb = group_layout(cols, group_size, "balanced")
+            gp, np_ = group_layout(cols, group_size, "padded")
+            assert nb == np_ and gb <= gp and gb % 8 == 0 and 0 <= nb * gb - cols < 8 * nb  # < 8 codes/group padding
+            assert packed_bits(3, cols, 3, group_size, "balanced") <= packed_bits(3, cols, 3, group_size, "padded")
+            if cols % 128 == 0 and group_size == 128:
+                assert gb == gp
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
-@pytest.mark.parametrize("group_size", [None, 16])
-def test_quantization_error_is_half_a_step(bits, group_size):
+@pytest.mark.parametrize("cols,group_size", [(70, None), (70, 16), (70, 32), (200, 128)])
+@pytest.mark.parametrize("layout", ["balanced", "padded"])
+def test_quantization_error_is_half_a_step(bits, cols, group_size, layout):
     torch.manual_seed(bits)
-    W = torch.randn(20, 70)
-    pm = PackedMatrix(20, 70, bits, group_size).set_(W)
+    W = torch.randn(20, cols)
+    pm = PackedMatrix(20, cols, bits, group_size, layout=layout).set_(W)
     Wq = pm.dequantize()
     g = pm.g
-    pad = pm.ngroups * g - 70
+    assert (g, pm.ngroups) == group_layout(cols, group_size, layout)
+    pad = pm.ngroups * g - cols
     Wp = torch.cat([W, W[:, -1:].expand(-1, pad)], 1).view(20, pm.ngroups, g)
     step = (Wp.amax(-1) - Wp.amin(-1)) / ((1 << bits) - 1)  # (20, G)
     err = (Wq - W).abs()
-    bound = torch.repeat_interleave(step, g, 1)[:, :70] / 2 * 1.01 + 2e-3 * W.abs().max()  # fp16 params
+    bound = torch.repeat_interleave(step, g, 1)[:, :cols] / 2 * 1.01 + 2e-3 * W.abs().max()  # fp16 params
     assert bool((err <= bound).all())
-    assert pm.stored_bits() == packed_bits(20, 70, bits, group_size) == sum(t.numel() * t.element_size() * 8 for t in pm.state_dict().values())
+    state_bits = sum(t.numel() * t.element_size() * 8 for t in pm.state_dict().values())
+    assert pm.stored_bits() == packed_bits(20, cols, bits, group_size, layout) == state_bits
+    idx = torch.tensor([3, 0, 19, 3])
+    assert torch.equal(pm.rows_dequantize(idx), Wq[idx])
 
 
 def test_ratio_picks_the_most_bits_that_fit():
@@ -54,7 +112,95 @@ def test_ratio_picks_the_most_bits_that_fit():
             make_config("quantize", **bad)
 
 
-def test_quantize_after_retraining_groupreduce_tied():
+def test_ratio_on_a_200_wide_embedding_gets_4_bits_only_in_the_balanced_layout():
+    # ratio 6: 4 bits store 2 x (104 x 4 + 32) = 896 bits per 200-wide row balanced (7.1x) but 1,088 padded (5.9x),
+    # 5 bits 1,104 balanced (5.8x): the balanced layout gets 4 bits where the padded one had to drop to 3
+    torch.manual_seed(0)
+    V = 300
+    m = LSTMLanguageModel(V, hidden=200, layers=1)
+    report = compress(m, Plan({"encoder": make_config("quantize", ratio=6)}))
+    assert isinstance(m.encoder, QuantizedEmbedding) and m.encoder.nbits == 4 and m.encoder.layout == "balanced"
+    assert m.encoder.bits() == report[0]["bits"] == V * 896
+    assert report[0]["dense_bits"] / report[0]["bits"] == pytest.approx(6400 / 896)
+    assert bits_for_ratio(V, 200, 6, 128, "x", "padded") == 3 and bits_for_ratio(V, 200, 6, 128, "x") == 4
+    assert m.encoder.spec()["layout"] == "balanced"
+
+
+@pytest.mark.parametrize("kind", ["dense", "low_rank"])
+def test_models_saved_before_layouts_load_padded_with_the_same_outputs(kind, reload_as_old_model, tmp_path):
+    """A model quantized in the old (padded) layout, saved without ``layout`` in its manifest as older lmshrink
+    did, loads padded with exactly its outputs (load_model_dir and ``lmshrink info``); the same float model
+    quantized now is balanced, smaller, and keeps its layout through a save and load."""
+    from lmshrink.io import load_model_dir, save_model_dir
+
+    torch.manual_seed(0)
+    V = 300
+    float_model = LSTMLanguageModel(V, hidden=200, layers=1).eval()  # 200 wide: the two layouts differ
+    if kind == "low_rank":
+        compress(float_model, Plan({"encoder": make_config("svd", rank=16), "decoder": make_config("svd", rank=16)}))
+    types = {"dense": (QuantizedEmbedding, QuantizedLinear),
+             "low_rank": (QuantizedLowRankEmbedding, QuantizedLowRankLinear)}[kind]
+
+    def quantized(layout):
+        m = copy.deepcopy(float_model)
+        if kind == "dense":
+            m.encoder = quantize_layer(m.encoder, 4, 128, layout=layout)
+            m.decoder = quantize_layer(m.decoder, 4, 128, layout=layout)
+        else:
+            assert quantize_model_(m, 4, 128, layout=layout) == ["encoder", "decoder"]
+        assert (type(m.encoder), type(m.decoder)) == types
+        return m.eval()
+
+    ids = torch.randint(0, V, (7, 3))
+    old = quantized("padded")
+    loaded = reload_as_old_model(old, ids)
+    assert loaded.encoder.layout == loaded.decoder.layout == "padded"
+    assert loaded.encoder.spec() == {**old.encoder.spec(), "layout": "padded"}
+
+    new = quantized("balanced")
+    assert new.encoder.bits() < old.encoder.bits() and new.decoder.bits() < old.decoder.bits()
+    save_model_dir(new, tmp_path / "new")
+    again, manifest = load_model_dir(tmp_path / "new")
+    assert {e["spec"]["layout"] for e in manifest["compressed_layers"].values()} == {"balanced"}
+    assert again.encoder.layout == again.decoder.layout == "balanced"
+    with torch.no_grad():
+        assert torch.equal(again(ids)[0], new(ids)[0])
+
+
+def test_bad_layout_is_one_clear_error(tmp_path, capsys):
+    from lmshrink.cli import main
+    from lmshrink.io import MANIFEST, load_model_dir, save_model_dir
+
+    msg = "layout must be one of padded, balanced, got 'tight'"
+    makers = [
+        lambda: group_layout(200, 128, "tight"),
+        lambda: packed_bits(2, 200, 4, 128, "tight"),
+        lambda: PackedMatrix(2, 200, 4, 128, layout="tight"),
+        lambda: QuantizedLinear(200, 30, 4, 128, layout="tight"),
+        lambda: QuantizedEmbedding(30, 200, 4, 128, layout="tight"),
+        lambda: QuantizedLowRankLinear(200, 30, 4, 4, 128, layout="tight"),
+        lambda: QuantizedLowRankEmbedding(30, 200, 4, 4, 128, layout="tight"),
+        lambda: BlockLowRankEmbedding(30, 200, [10, 20], [2, 3], bits=4, layout="tight"),
+        lambda: BlockLowRankLinear(30, 200, [10, 20], [2, 3], layout="tight"),  # float: checked all the same
+        lambda: quantize_layer(torch.nn.Linear(200, 30), 4, 128, layout="tight"),
+        lambda: bits_for_ratio(30, 200, 6, 128, "x", layout="tight"),
+    ]
+    for make in makers:
+        with pytest.raises(LmshrinkError, match=msg):
+            make()
+    m = LSTMLanguageModel(30, hidden=16, layers=1)
+    m.encoder = quantize_layer(m.encoder, 4, 128)
+    save_model_dir(m, tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / MANIFEST).read_text())
+    manifest["compressed_layers"]["encoder"]["spec"]["layout"] = "tight"
+    (tmp_path / "m" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(LmshrinkError, match=msg):
+        load_model_dir(tmp_path / "m")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1
+
     torch.manual_seed(0)
     V = 500
     m = LSTMLanguageModel(V, hidden=32, layers=1, tie_weights=True).eval()

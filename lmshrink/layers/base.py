@@ -2,7 +2,9 @@
 
 A compressed layer
 - is rebuilt empty from ``type(layer)(**layer.spec())`` (shapes, ranks, bit widths: JSON-able), then
-  filled by ``load_state_dict``; that is how model directories load without pickles;
+  filled by ``load_state_dict``; that is how model directories load without pickles. The loader goes
+  through ``type(layer).from_spec(spec)``, where a layer whose spec grew a key since older manifests
+  were written says what the missing key meant (packed layers: ``layout``);
 - rebuilds its dense weight on request (``dense_weight()``) for checks, never in its forward pass;
 - reports its own storage (``bits()``, ``num_params()``) to :mod:`lmshrink.measure`.
 
@@ -39,6 +41,11 @@ class CompressedLayer(nn.Module):
 
     def spec(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> CompressedLayer:
+        """An empty layer from a manifest's ``spec`` (possibly written by an older lmshrink)."""
+        return cls(**spec)
 
     def dense_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
         """The dense weight this layer stands for: (out, in) for linear, (V, D) for embedding."""

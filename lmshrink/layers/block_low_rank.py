@@ -9,7 +9,9 @@ Storage (three tensors, whatever ``c`` is, so safetensors headers stay negligibl
 - ``V``: every V_t stacked, (sum r_t, D).
 Block sizes and ranks are in ``spec()`` (the manifest), so offsets are recomputed, never stored.
 With ``bits`` set, U and V are k-bit packed (:class:`~lmshrink.layers.quantized.PackedMatrix`) --
-the paper's GroupReduce + quantization.
+the paper's GroupReduce + quantization -- in ``layout`` ``"balanced"`` (default) or ``"padded"``
+(:mod:`lmshrink.layers.packing`); only then does ``spec()`` hold a ``layout``, and a manifest's packed spec
+without one was written before layouts existed, so it loads as padded (``from_spec``).
 
 Fast paths (no (V, D) matrix is ever built in forward):
 - softmax ``project(h)``: one GEMM ``Z = h V^T`` for all blocks at once (N, sum r_t), then one GEMM
@@ -74,7 +76,8 @@ import torch.nn.functional as F
 
 from ..errors import check
 from .base import CompressedLayer, register_layer
-from .quantized import PackedMatrix
+from .packing import DEFAULT_LAYOUT, check_layout
+from .quantized import PackedMatrix, spec_with_layout
 
 ALIGN = 8  # elements: 32 bytes of fp32, 16 of bf16 -- what cuBLAS's vectorized tensor-core kernels need
 
@@ -167,8 +170,9 @@ def set_lookup(model: nn.Module, mode: str) -> int:
 
 class _BlockLowRank(CompressedLayer):
     def __init__(self, num_rows: int, dim: int, block_sizes: list[int], ranks: list[int],
-                 bits: int | None = None, group_size: int | None = None):
+                 bits: int | None = None, group_size: int | None = None, layout: str = DEFAULT_LAYOUT):
         super().__init__()
+        check_layout(layout)
         check(len(block_sizes) == len(ranks) and len(ranks) > 0, "block_sizes and ranks must have one entry per block")
         check(sum(block_sizes) == num_rows, f"block sizes sum to {sum(block_sizes)}, not {num_rows}")
         check(all(n >= 1 for n in block_sizes) and all(1 <= r <= min(n, dim) for n, r in zip(block_sizes, ranks)),
@@ -176,6 +180,7 @@ class _BlockLowRank(CompressedLayer):
         self.num_rows, self.dim = num_rows, dim
         self.block_sizes, self.ranks = [int(n) for n in block_sizes], [int(r) for r in ranks]
         self.nbits, self.group_size = bits, group_size
+        self.layout = layout if bits is not None else None  # float factors have no layout (nor a spec key for it)
         self.u_len = sum(n * r for n, r in zip(self.block_sizes, self.ranks))
         self.r_total = sum(self.ranks)
         self.register_buffer("word_pos", torch.zeros(num_rows, dtype=index_dtype(num_rows)))
@@ -184,8 +189,8 @@ class _BlockLowRank(CompressedLayer):
             self.V = nn.Parameter(torch.zeros(self.r_total, dim))
         else:
             # U is flat: quantize it in fixed-length groups along the flattened order
-            self.U = PackedMatrix(1, self.u_len, bits, default_flat_group(group_size))
-            self.V = PackedMatrix(self.r_total, dim, bits, group_size)
+            self.U = PackedMatrix(1, self.u_len, bits, default_flat_group(group_size), layout)
+            self.V = PackedMatrix(self.r_total, dim, bits, group_size, layout)
         # offsets derived from the spec (Python ints; never stored)
         self._u_off, self._r_off, self._starts, self._pstarts = [0], [0], [0], [0]
         for n, r in zip(self.block_sizes, self.ranks):
@@ -201,8 +206,14 @@ class _BlockLowRank(CompressedLayer):
 
     # ------------------------------------------------------------------ storage helpers
     def spec(self) -> dict:
-        return {"num_rows": self.num_rows, "dim": self.dim, "block_sizes": self.block_sizes, "ranks": self.ranks,
-                "bits": self.nbits, "group_size": self.group_size}
+        s = {"num_rows": self.num_rows, "dim": self.dim, "block_sizes": self.block_sizes, "ranks": self.ranks,
+             "bits": self.nbits, "group_size": self.group_size}
+        return s if self.nbits is None else {**s, "layout": self.layout}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> CompressedLayer:
+        # a packed spec without a layout predates layouts: padded (see quantized.spec_with_layout)
+        return super().from_spec(spec if spec.get("bits") is None else spec_with_layout(spec))
 
     def factors(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(U flat (sum n_t r_t,), V (sum r_t, D)) as float tensors (dequantized if packed)."""
@@ -413,8 +424,9 @@ class BlockLowRankLinear(_BlockLowRank):
     flavour = "linear"
 
     def __init__(self, num_rows: int, dim: int, block_sizes: list[int], ranks: list[int],
-                 bits: int | None = None, group_size: int | None = None, bias: bool = True):
-        super().__init__(num_rows, dim, block_sizes, ranks, bits, group_size)
+                 bits: int | None = None, group_size: int | None = None, bias: bool = True,
+                 layout: str = DEFAULT_LAYOUT):
+        super().__init__(num_rows, dim, block_sizes, ranks, bits, group_size, layout)
         self.in_features, self.out_features = dim, num_rows
         self.bias = nn.Parameter(torch.zeros(num_rows)) if bias else None
 

@@ -2,9 +2,10 @@
 
 ``PackedMatrix`` is the storage unit: a (rows, cols) matrix cut into groups of ``g`` values along each
 row (``group_size``; ``None`` means one group per row), each group stored as ``g * k / 8`` bytes of
-codes plus a float16 (scale, min) pair; see :mod:`lmshrink.layers.packing`. It dequantizes on every
-call with vectorized shifts (never caching a float copy), and can dequantize only some rows, which is
-how a quantized embedding looks words up without touching the rest of the table.
+codes plus a float16 (scale, min) pair; ``layout`` says how long a group is (``"balanced"``, the
+default, or ``"padded"`` for older model directories); see :mod:`lmshrink.layers.packing`. It
+dequantizes on every call with vectorized shifts (never caching a float copy), and can dequantize only
+some rows, which is how a quantized embedding looks words up without touching the rest of the table.
 
 Layers:
 - :class:`QuantizedLinear` / :class:`QuantizedEmbedding`: a dense weight, quantized;
@@ -17,6 +18,11 @@ Retraining: codes are frozen buffers; each group's (scale, min) is a trainable f
 biases stay trainable. The intended order is the paper's: retrain the float factorization first,
 then quantize (post-training quantization), optionally tuning only the scales afterwards. There is
 no straight-through estimator here.
+
+Loading: every layer here (and a block low-rank layer with ``bits``) puts ``layout`` in its ``spec()``. A
+manifest written before that key existed describes padded storage, so :meth:`PackedLayer.from_spec`, the
+loader's way in, reads a missing key as ``"padded"``; the constructors themselves default to ``"balanced"``
+so that everything built in code (methods, tests, users) gets the smaller layout without asking for it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import CompressedLayer, register_layer
-from .packing import PARAM_DTYPE, group_layout, pack_codes, packed_bits, quantize_groups, unpack_codes
+from .packing import (DEFAULT_LAYOUT, PADDED, PARAM_DTYPE, group_layout, pack_codes, packed_bits, quantize_groups,
+                      unpack_codes)
 
 
 CHUNK_ELEMENTS = 1 << 17  # weights dequantized at once on CPU: 512 KiB of float32, cache resident
@@ -39,11 +46,11 @@ class PackedMatrix(nn.Module):
     parameter. Two tensors per matrix keep the safetensors header small.
     """
 
-    def __init__(self, rows: int, cols: int, bits: int, group_size: int | None = None):
+    def __init__(self, rows: int, cols: int, bits: int, group_size: int | None = None, layout: str = DEFAULT_LAYOUT):
         super().__init__()
         assert 1 <= bits <= 8
-        self.rows, self.cols, self.nbits, self.group_size = rows, cols, bits, group_size
-        self.g, self.ngroups = group_layout(cols, group_size)
+        self.rows, self.cols, self.nbits, self.group_size, self.layout = rows, cols, bits, group_size, layout
+        self.g, self.ngroups = group_layout(cols, group_size, layout)
         self.register_buffer("codes", torch.zeros(rows, self.ngroups, self.g * bits // 8, dtype=torch.uint8))
         self.qparams = nn.Parameter(torch.zeros(rows, self.ngroups, 2, dtype=PARAM_DTYPE))
 
@@ -95,10 +102,11 @@ class PackedMatrix(nn.Module):
         return self._dequant(self.codes.index_select(0, idx), self.qparams.index_select(0, idx), dtype)
 
     def stored_bits(self) -> int:
-        return packed_bits(self.rows, self.cols, self.nbits, self.group_size)
+        return packed_bits(self.rows, self.cols, self.nbits, self.group_size, self.layout)
 
     def extra_repr(self) -> str:
-        return f"rows={self.rows}, cols={self.cols}, bits={self.nbits}, group_size={self.group_size}"
+        return (f"rows={self.rows}, cols={self.cols}, bits={self.nbits}, group_size={self.group_size}, "
+                f"layout={self.layout}")
 
 
 def flat_group(group_size: int | None) -> int:
@@ -110,22 +118,38 @@ def _float_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.is_floating_point() else torch.float32
 
 
+def spec_with_layout(spec: dict) -> dict:
+    """A packed layer's manifest spec as its constructor takes it: no ``layout`` key means an older file,
+    whose storage is padded (see the module doc)."""
+    return spec if "layout" in spec else {**spec, "layout": PADDED}
+
+
+class PackedLayer(CompressedLayer):
+    """Base of the layers below: what a manifest spec without ``layout`` means."""
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> CompressedLayer:
+        return super().from_spec(spec_with_layout(spec))
+
+
 @register_layer
-class QuantizedLinear(CompressedLayer):
+class QuantizedLinear(PackedLayer):
     """``y = x W^T + b`` with W (out, in) stored as k-bit codes; unpacked per call, never cached."""
 
     layer_type = "quantized_linear"
     flavour = "linear"
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None = None, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None = None, bias: bool = True,
+                 layout: str = DEFAULT_LAYOUT):
         super().__init__()
         self.in_features, self.out_features, self.nbits, self.group_size = in_features, out_features, bits, group_size
-        self.weight_q = PackedMatrix(out_features, in_features, bits, group_size)
+        self.layout = layout
+        self.weight_q = PackedMatrix(out_features, in_features, bits, group_size, layout)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def spec(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.nbits,
-                "group_size": self.group_size, "bias": self.bias is not None}
+                "group_size": self.group_size, "bias": self.bias is not None, "layout": self.layout}
 
     def dense_weight(self) -> torch.Tensor:
         return self.weight_q.dequantize()
@@ -142,20 +166,22 @@ class QuantizedLinear(CompressedLayer):
 
 
 @register_layer
-class QuantizedEmbedding(CompressedLayer):
+class QuantizedEmbedding(PackedLayer):
     """Embedding table (V, D) as k-bit codes; a lookup unpacks only the rows it needs."""
 
     layer_type = "quantized_embedding"
     flavour = "embedding"
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, group_size: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int, group_size: int | None = None,
+                 layout: str = DEFAULT_LAYOUT):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.nbits, self.group_size = num_embeddings, embedding_dim, bits, group_size
-        self.weight_q = PackedMatrix(num_embeddings, embedding_dim, bits, group_size)
+        self.layout = layout
+        self.weight_q = PackedMatrix(num_embeddings, embedding_dim, bits, group_size, layout)
 
     def spec(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.nbits,
-                "group_size": self.group_size}
+                "group_size": self.group_size, "layout": self.layout}
 
     def dense_weight(self) -> torch.Tensor:
         return self.weight_q.dequantize()
@@ -169,24 +195,24 @@ class QuantizedEmbedding(CompressedLayer):
 
 
 @register_layer
-class QuantizedLowRankLinear(CompressedLayer):
+class QuantizedLowRankLinear(PackedLayer):
     """``y = A (B x) + b`` with both factors A (out, r), B (r, in) stored as k-bit codes."""
 
     layer_type = "quantized_low_rank_linear"
     flavour = "linear"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bits: int, group_size: int | None = None,
-                 bias: bool = True):
+                 bias: bool = True, layout: str = DEFAULT_LAYOUT):
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.nbits, self.group_size = bits, group_size
-        self.A = PackedMatrix(1, out_features * rank, bits, flat_group(group_size))  # flat: no per-row padding
-        self.B = PackedMatrix(rank, in_features, bits, group_size)
+        self.nbits, self.group_size, self.layout = bits, group_size, layout
+        self.A = PackedMatrix(1, out_features * rank, bits, flat_group(group_size), layout)  # flat: no per-row padding
+        self.B = PackedMatrix(rank, in_features, bits, group_size, layout)
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def spec(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
-                "bits": self.nbits, "group_size": self.group_size, "bias": self.bias is not None}
+                "bits": self.nbits, "group_size": self.group_size, "bias": self.bias is not None, "layout": self.layout}
 
     def a(self, dtype=torch.float32) -> torch.Tensor:
         return self.A.dequantize(dtype).view(self.out_features, self.rank)
@@ -209,22 +235,24 @@ class QuantizedLowRankLinear(CompressedLayer):
 
 
 @register_layer
-class QuantizedLowRankEmbedding(CompressedLayer):
+class QuantizedLowRankEmbedding(PackedLayer):
     """Embedding (V, D) ~ A (V, r) @ B (r, D), both factors k-bit (A stored flat in fixed-length groups)."""
 
     layer_type = "quantized_low_rank_embedding"
     flavour = "embedding"
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, bits: int, group_size: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, bits: int, group_size: int | None = None,
+                 layout: str = DEFAULT_LAYOUT):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.rank = num_embeddings, embedding_dim, rank
-        self.nbits, self.group_size = bits, group_size
-        self.A = PackedMatrix(1, num_embeddings * rank, bits, flat_group(group_size))  # flat: no per-row padding
-        self.B = PackedMatrix(rank, embedding_dim, bits, group_size)
+        self.nbits, self.group_size, self.layout = bits, group_size, layout
+        # flat: no per-row padding
+        self.A = PackedMatrix(1, num_embeddings * rank, bits, flat_group(group_size), layout)
+        self.B = PackedMatrix(rank, embedding_dim, bits, group_size, layout)
 
     def spec(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "rank": self.rank,
-                "bits": self.nbits, "group_size": self.group_size}
+                "bits": self.nbits, "group_size": self.group_size, "layout": self.layout}
 
     def a(self, dtype=torch.float32) -> torch.Tensor:
         return self.A.dequantize(dtype).view(self.num_embeddings, self.rank)

@@ -38,7 +38,8 @@ once (compress() shares it). Retraining of U and V afterwards is ``lmshrink.trai
 (k-bit, fp16 scale per group) -- GroupReduce + quantization, the paper's 26x. To retrain first and quantize
 after, give ``plan_bits`` instead: the factors stay float (trainable) but the ranks are sized so that
 :func:`lmshrink.methods.quantize.quantize_model_` with that many bits (same ``group_size``) afterwards
-lands exactly on the budget.
+lands exactly on the budget. Packed factors use the ``"balanced"`` group layout
+(:mod:`lmshrink.layers.packing`), and the sizes below take the same ``layout`` as the layer they size.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import torch.nn as nn
 from ..compress import LayerContext, SizeBudget, register_method
 from ..errors import LmshrinkError, check
 from ..layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear, default_flat_group, index_dtype
-from ..layers.packing import packed_bits
+from ..layers.packing import DEFAULT_LAYOUT, max_packed_cols, packed_bits
 
 RANK_RULES = ("frequency", "sqrt_frequency", "log_frequency", "uniform")
 WEIGHTINGS = ("frequency", "sqrt_frequency", "none")
@@ -91,7 +92,8 @@ class GroupReduceConfig(SizeBudget):
 
 
 # ------------------------------------------------------------------------------------------ sizes
-def layer_bits(sizes: list[int], ranks: list[int], dim: int, bits: int | None, group_size: int | None) -> int:
+def layer_bits(sizes: list[int], ranks: list[int], dim: int, bits: int | None, group_size: int | None,
+               layout: str = DEFAULT_LAYOUT) -> int:
     """Exact stored bits of a block low-rank layer (word_pos + U + V), as the layer reports them."""
     V = sum(sizes)
     pos = V * torch.empty((), dtype=index_dtype(V)).element_size() * 8
@@ -99,18 +101,21 @@ def layer_bits(sizes: list[int], ranks: list[int], dim: int, bits: int | None, g
     R = sum(ranks)
     if bits is None:
         return pos + 32 * (L + R * dim)
-    return pos + packed_bits(1, L, bits, default_flat_group(group_size)) + packed_bits(R, dim, bits, group_size)
+    return (pos + packed_bits(1, L, bits, default_flat_group(group_size), layout)
+            + packed_bits(R, dim, bits, group_size, layout))
 
 
-def max_u_entries(budget_bits: float, V: int, dim: int, ranks: list[int], bits: int | None, group_size: int | None) -> int:
+def max_u_entries(budget_bits: float, V: int, dim: int, ranks: list[int], bits: int | None, group_size: int | None,
+                  layout: str = DEFAULT_LAYOUT) -> int:
     """Largest total U length sum n_t r_t that keeps the layer within ``budget_bits`` (ranks fixed)."""
     pos = V * torch.empty((), dtype=index_dtype(V)).element_size() * 8
     R = sum(ranks)
     if bits is None:
         return int((budget_bits - pos - 32 * R * dim) // 32)
-    g = default_flat_group(group_size)
-    groups = int((budget_bits - pos - packed_bits(R, dim, bits, group_size)) // (g * bits + 32))
-    return groups * g
+    # searched, not counted in whole groups of g: a balanced U's groups shrink with its length, so the longest U
+    # that fits may need one more (shorter) group than whole groups of g would allow
+    left = budget_bits - pos - packed_bits(R, dim, bits, group_size, layout)
+    return max_packed_cols(left, bits, default_flat_group(group_size), layout)
 
 
 def rank_caps(sizes: list[int], dim: int) -> list[int]:
@@ -134,7 +139,7 @@ def rank_scores(mean_freq: torch.Tensor, rule: str) -> list[float]:
 
 def assign_ranks(sizes: list[int], scores: list[float], dim: int, budget_bits: float | None, rank: int | None,
                  bits: int | None, group_size: int | None, where: str, dense_bits: int | None = None,
-                 multiple: int = 1) -> list[int]:
+                 multiple: int = 1, layout: str = DEFAULT_LAYOUT) -> list[int]:
     """Ranks per block from the rule's scores and the budget (see module doc, step 2).
 
     ``multiple`` m > 1 rounds every rank to a multiple of m (at least m) and grows ranks m at a time; a block
@@ -157,11 +162,11 @@ def assign_ranks(sizes: list[int], scores: list[float], dim: int, budget_bits: f
     assert budget_bits is not None
 
     def fits(r):
-        return layer_bits(sizes, r, dim, bits, group_size) <= budget_bits
+        return layer_bits(sizes, r, dim, bits, group_size, layout) <= budget_bits
 
     ones = [min(m, c) for c in caps]
     if not fits(ones):
-        best = layer_bits(sizes, ones, dim, bits, group_size)
+        best = layer_bits(sizes, ones, dim, bits, group_size, layout)
         raise_budget(where, budget_bits, best, len(sizes), dense_bits, m)
     lo, hi = 0.0, float(max(caps))
     for _ in range(60):
@@ -261,8 +266,10 @@ def split_blocks(counts: torch.Tensor, num_blocks: int, split: str) -> list[torc
 
 
 def groupreduce_fit(W: torch.Tensor, counts: torch.Tensor, config: GroupReduceConfig, budget_bits: float | None,
-                    where: str = "groupreduce", dense_bits: int | None = None) -> GroupReduceFit:
-    """Steps 1-4 of the module doc on a (V, D) matrix; float64 on W's device."""
+                    where: str = "groupreduce", dense_bits: int | None = None,
+                    layout: str = DEFAULT_LAYOUT) -> GroupReduceFit:
+    """Steps 1-4 of the module doc on a (V, D) matrix; float64 on W's device. ``layout``: the packed layout the
+    budget is for (that of the layer built, or of quantizing it later with ``plan_bits``)."""
     A = W.detach().double()
     V, D = A.shape
     counts = counts.to(A.device).double()
@@ -272,12 +279,12 @@ def groupreduce_fit(W: torch.Tensor, counts: torch.Tensor, config: GroupReduceCo
     mean_f = torch.stack([counts[b].mean() for b in blocks])
     bits = config.bits or config.plan_bits  # the size the ranks are chosen for
     ranks = assign_ranks(sizes, rank_scores(mean_f, config.rank_rule), D, budget_bits, config.rank,
-                         bits, config.group_size, where, dense_bits, config.rank_multiple)
+                         bits, config.group_size, where, dense_bits, config.rank_multiple, layout)
     if budget_bits is None:  # a rank was given: the refinement may not grow the layer
-        budget_bits = layer_bits(sizes, ranks, D, bits, config.group_size)
+        budget_bits = layer_bits(sizes, ranks, D, bits, config.group_size, layout)
     bases = [weighted_basis(A[b], w[b], r) for b, r in zip(blocks, ranks)]
     fit = GroupReduceFit(blocks, ranks, bases, [total_error(A, w, blocks, bases)])
-    L_max = max_u_entries(budget_bits, V, D, ranks, bits, config.group_size)
+    L_max = max_u_entries(budget_bits, V, D, ranks, bits, config.group_size, layout)
     assign = torch.empty(V, dtype=torch.long, device=A.device)
     for t, b in enumerate(blocks):
         assign[b] = t
@@ -325,7 +332,7 @@ def balanced_factors(A: torch.Tensor, Vt: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def build_layer(W: torch.Tensor, fit: GroupReduceFit, flavour: str, bias: torch.Tensor | None,
-                bits: int | None, group_size: int | None) -> nn.Module:
+                bits: int | None, group_size: int | None, layout: str = DEFAULT_LAYOUT) -> nn.Module:
     A = W.detach().double()
     V, D = A.shape
     blocks = [torch.sort(b).values for b in fit.blocks]  # ascending ids inside a block
@@ -335,9 +342,9 @@ def build_layer(W: torch.Tensor, fit: GroupReduceFit, flavour: str, bias: torch.
     Us, Vs = zip(*(balanced_factors(A[b], B) for b, B in zip(blocks, fit.bases)))
     sizes = [b.numel() for b in blocks]
     if flavour == "embedding":
-        layer = BlockLowRankEmbedding(V, D, sizes, fit.ranks, bits, group_size)
+        layer = BlockLowRankEmbedding(V, D, sizes, fit.ranks, bits, group_size, layout)
     else:
-        layer = BlockLowRankLinear(V, D, sizes, fit.ranks, bits, group_size, bias=bias is not None)
+        layer = BlockLowRankLinear(V, D, sizes, fit.ranks, bits, group_size, bias=bias is not None, layout=layout)
         if bias is not None:
             layer.bias.data.copy_(bias.detach())
     layer = layer.to(W.device)
@@ -357,12 +364,14 @@ def groupreduce_compress(module: nn.Module, config: GroupReduceConfig, ctx: Laye
     dense = ctx.dense_bits(module)
     ratio = config.target_ratio()
     budget = dense / ratio if ratio is not None else None
-    fit = groupreduce_fit(W, ctx.word_counts, config, budget, where, dense)
+    # one layout for the ranks' budget and the layer built (with plan_bits: that quantize_model_ defaults to)
+    layout = DEFAULT_LAYOUT
+    fit = groupreduce_fit(W, ctx.word_counts, config, budget, where, dense, layout)
     sizes = [b.numel() for b in fit.blocks]
-    got = layer_bits(sizes, fit.ranks, D, config.bits or config.plan_bits, config.group_size)
+    got = layer_bits(sizes, fit.ranks, D, config.bits or config.plan_bits, config.group_size, layout)
     check(got < dense, f"{where}: ranks {fit.ranks} would store {got:,} bits, not fewer than the dense {dense:,}; "
                        f"use a smaller rank (the least frequent block's rank) or a ratio > 1")
-    layer = build_layer(W, fit, ctx.flavour, getattr(module, "bias", None), config.bits, config.group_size)
+    layer = build_layer(W, fit, ctx.flavour, getattr(module, "bias", None), config.bits, config.group_size, layout)
     layer.fit_history = fit.history
     return layer
 

@@ -15,6 +15,10 @@ Three ways in:
 - :func:`quantize_model_` on a model whose factorized layers were already retrained: quantize after
   retraining, which is the order we recommend (and the benchmark uses). There is no straight-through
   estimator: codes are frozen; only each group's (scale, min) and the biases remain trainable.
+
+Every layer built here uses the ``"balanced"`` group layout (:mod:`lmshrink.layers.packing`), and every
+budget here is computed for the layout of the layer it sizes (``layout`` arguments, default balanced), so
+a ratio-derived size is what gets built. ``layout="padded"`` reproduces layers of older model directories.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..compress import LayerContext, MethodConfig, SizeBudget, get_method, regis
 from ..errors import LmshrinkError, check
 from ..layers import LowRankEmbedding, LowRankLinear
 from ..layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear, _BlockLowRank
-from ..layers.packing import packed_bits
+from ..layers.packing import DEFAULT_LAYOUT, packed_bits
 from ..layers.quantized import (QuantizedEmbedding, QuantizedLinear, QuantizedLowRankEmbedding, QuantizedLowRankLinear,
                                 flat_group)
 
@@ -60,7 +64,8 @@ class QuantizeConfig(SizeBudget):
         g = self.group_size if self.group_size else (cols or 128)
         return 32 / g  # fp16 scale + fp16 min per group
 
-    def base_config(self, rows: int | None = None, cols: int | None = None) -> MethodConfig:
+    def base_config(self, rows: int | None = None, cols: int | None = None,
+                    layout: str = DEFAULT_LAYOUT) -> MethodConfig:
         """The base method's config. An overall ratio here is met exactly: GroupReduce gets it with ``bits``
         (it sizes its ranks for packed factors); SVD gets the largest rank whose packed factors fit."""
         d = dict(self.base)
@@ -77,8 +82,8 @@ class QuantizeConfig(SizeBudget):
         elif ratio is not None and rows is not None:
             budget = rows * cols * 32 / ratio
             r = max([0] + [r for r in range(1, min(rows, cols) + 1)
-                           if packed_bits(1, rows * r, bits, flat_group(self.group_size))
-                           + packed_bits(r, cols, bits, self.group_size) <= budget])
+                           if packed_bits(1, rows * r, bits, flat_group(self.group_size), layout)
+                           + packed_bits(r, cols, bits, self.group_size, layout) <= budget])
             check(r >= 1, f"quantize: overall ratio {ratio:g} leaves no rank for svd at {bits} bits")
             d["rank"] = r
         elif ratio is not None:
@@ -87,36 +92,40 @@ class QuantizeConfig(SizeBudget):
         return MethodConfig.from_dict(d)
 
 
-def bits_for_ratio(rows: int, cols: int, ratio: float, group_size: int | None, where: str) -> int:
+def bits_for_ratio(rows: int, cols: int, ratio: float, group_size: int | None, where: str,
+                   layout: str = DEFAULT_LAYOUT) -> int:
     dense = rows * cols * 32
     for k in range(8, 1, -1):
-        if packed_bits(rows, cols, k, group_size) <= dense / ratio:
+        if packed_bits(rows, cols, k, group_size, layout) <= dense / ratio:
             return k
-    best = dense / packed_bits(rows, cols, 2, group_size)
+    best = dense / packed_bits(rows, cols, 2, group_size, layout)
     raise LmshrinkError(f"{where}: ratio {ratio:g} needs fewer than 2 bits per weight; the largest ratio of "
                         f"2-bit codes here is {best:.1f} (combine with base = {{method = \"groupreduce\"}} to go further)")
 
 
-def quantize_layer(layer: nn.Module, bits: int, group_size: int | None, flavour: str | None = None) -> nn.Module:
+def quantize_layer(layer: nn.Module, bits: int, group_size: int | None, flavour: str | None = None,
+                   layout: str = DEFAULT_LAYOUT) -> nn.Module:
     """A quantized copy of a dense (Linear/Embedding) or factorized (low-rank, block low-rank) layer."""
     dev = next(layer.parameters()).device
     if isinstance(layer, nn.Embedding) or (flavour == "embedding" and isinstance(layer, nn.Linear)):
         V, D = layer.weight.shape
-        q = QuantizedEmbedding(V, D, bits, group_size).to(dev)
+        q = QuantizedEmbedding(V, D, bits, group_size, layout=layout).to(dev)
         q.weight_q.set_(layer.weight)
     elif isinstance(layer, nn.Linear):
-        q = QuantizedLinear(layer.in_features, layer.out_features, bits, group_size, layer.bias is not None).to(dev)
+        q = QuantizedLinear(layer.in_features, layer.out_features, bits, group_size, layer.bias is not None,
+                            layout=layout).to(dev)
         q.weight_q.set_(layer.weight)
     elif isinstance(layer, LowRankLinear):
         q = QuantizedLowRankLinear(layer.in_features, layer.out_features, layer.rank, bits, group_size,
-                                   layer.bias is not None).to(dev)
+                                   layer.bias is not None, layout=layout).to(dev)
         q.set_factors(layer.A, layer.B)
     elif isinstance(layer, LowRankEmbedding):
-        q = QuantizedLowRankEmbedding(layer.num_embeddings, layer.embedding_dim, layer.rank, bits, group_size).to(dev)
+        q = QuantizedLowRankEmbedding(layer.num_embeddings, layer.embedding_dim, layer.rank, bits, group_size,
+                                      layout=layout).to(dev)
         q.set_factors(layer.A, layer.B)
     elif isinstance(layer, _BlockLowRank):
         check(layer.nbits is None, "layer is already quantized")
-        kw = dict(bits=bits, group_size=group_size)
+        kw = dict(bits=bits, group_size=group_size, layout=layout)
         if isinstance(layer, BlockLowRankLinear):
             q = BlockLowRankLinear(layer.num_rows, layer.dim, layer.block_sizes, layer.ranks, **kw, bias=layer.bias is not None)
         else:
@@ -135,25 +144,29 @@ def quantize_layer(layer: nn.Module, bits: int, group_size: int | None, flavour:
 def quantize_compress(module: nn.Module, config: QuantizeConfig, ctx: LayerContext):
     """Uniform k-bit codes (2..8, fp16 scale per group, bit-packed) of a dense layer or of a base method's factors."""
     where = f"quantize on {ctx.name}"
+    layout = DEFAULT_LAYOUT  # one value for the budget and the layer it sizes
+    rows, cols = module.weight.shape
     if config.base is None:
-        rows, cols = module.weight.shape
-        bits = config.bits or bits_for_ratio(rows, cols, config.target_ratio(), config.group_size, where)
-        q = quantize_layer(module, bits, config.group_size, ctx.flavour)
+        bits = config.bits or bits_for_ratio(rows, cols, config.target_ratio(), config.group_size, where, layout)
+        q = quantize_layer(module, bits, config.group_size, ctx.flavour, layout)
     else:
-        rows, cols = module.weight.shape
-        base_cfg = config.base_config(rows, cols)
+        base_cfg = config.base_config(rows, cols, layout)
         base = get_method(base_cfg.method).apply(module, base_cfg, ctx)
-        # GroupReduce quantizes its own factors (bits passed on); SVD's factors are quantized here
-        q = base if isinstance(base, _BlockLowRank) else quantize_layer(base, config.bits or 8, config.group_size)
+        # GroupReduce quantizes its own factors (bits passed on; it sizes and builds them in DEFAULT_LAYOUT too);
+        # SVD's factors are quantized here
+        q = base if isinstance(base, _BlockLowRank) else quantize_layer(base, config.bits or 8, config.group_size,
+                                                                       layout=layout)
     dense = ctx.dense_bits(module)
     check(q.bits() < dense, f"{where}: {q.bits():,} bits is not fewer than the dense {dense:,}; use fewer bits or a larger group_size")
     return q
 
 
-def quantize_model_(model: nn.Module, bits: int, group_size: int | None = 128, names: list[str] | None = None) -> list[str]:
+def quantize_model_(model: nn.Module, bits: int, group_size: int | None = 128, names: list[str] | None = None,
+                    layout: str = DEFAULT_LAYOUT) -> list[str]:
     """Quantize the factorized layers (low-rank, block low-rank) of ``model`` in place, e.g. after retraining.
 
     ``names``: module names to convert (default: every svd / groupreduce layer). Returns the names done.
+    ``layout``: the packed layout (keep the default: GroupReduce's ``plan_bits`` sizes ranks for it).
     """
     check(2 <= bits <= 8, f"bits must be in 2..8, got {bits}")
     done = []
@@ -161,7 +174,7 @@ def quantize_model_(model: nn.Module, bits: int, group_size: int | None = 128, n
         ok = isinstance(m, (LowRankLinear, LowRankEmbedding)) or (isinstance(m, _BlockLowRank) and m.nbits is None)
         if not ok or (names is not None and name not in names):
             continue
-        q = quantize_layer(m, bits, group_size)
+        q = quantize_layer(m, bits, group_size, layout=layout)
         cfg = getattr(m, "method_config", None)
         q.method_config = {"method": "quantize", "bits": bits, "group_size": group_size, "base": cfg}
         parent_name, _, child = name.rpartition(".")
