@@ -62,12 +62,20 @@ def recipe(r: dict, anneal: float | None = None) -> str:
     return txt
 
 
+def method_label(label: str) -> str:
+    """A run's label without its retraining rates (``lmf:lr=0.2;lr_end=0.005`` -> ``lmf``): the rate is the recipe,
+    which has its own column, so one method's runs at different rates share its column."""
+    name, _, rest = label.partition(":")
+    keep = [item for item in filter(None, rest.split(";")) if item.partition("=")[0].strip() not in ("lr", "lr_end")]
+    return name + (":" + ";".join(keep) if keep else "")
+
+
 def rows_of(paths: list[Path], group: str) -> list[dict]:
     out = []
     for p in paths:
         base, runs, anneal = load(p, group)
         for r in runs:
-            out.append({"source": p.name, "recipe": recipe(r, anneal), "method": r["label"], "ratio": r["ratio_target"],
+            out.append({"source": p.name, "recipe": recipe(r, anneal), "method": method_label(r["label"]), "ratio": r["ratio_target"],
                         "test_ppl": r["test_ppl"], "dense": base["test_ppl"],
                         "delta": 100 * (r["test_ppl"] / base["test_ppl"] - 1), "mode": r.get("mode"),
                         "gpu": r.get("gpu_tokens_per_s"), "gpu_fused": r.get("gpu_tokens_per_s_fused"),

@@ -386,7 +386,7 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
     (data / "ptb.test.txt").write_text(text(30))
     out = tmp_path / "res" / "recurrent.json"
     cmd = [sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb", "--data",
-           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf,tt",
+           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf:lr=0.5;lr_end=0.1,tt",
            "--ratios", "6", "--epochs", "1", "--max-steps", "8", "--jobs", "2", "--work", str(tmp_path / "work"),
            "--out", str(out), "--cpu-repeats", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -400,6 +400,9 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
         assert 6 * 0.999 <= ratio < 12, (r["label"], ratio)  # budget met, and not wildly under it
         assert r["lstm_bytes_on_disk"] * 8 == r["lstm_bits"] and math.isfinite(r["test_ppl"])
         assert r["cuda_graph"] == {"captured": False, "why_not": "not asked"}  # eager unless --cuda-graph
+        # lmf's entry carries its own retraining rate; the others retrain at --lr (1); lr is no method option
+        assert r["lr_schedule"] == ([0.5] if r["label"].startswith("lmf:") else [1.0]), r["label"]
+        assert "lr" not in r["config"] and "lr" not in r["options"]
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
     assert again.returncode == 0 and "started" not in again.stdout
@@ -467,3 +470,18 @@ def test_a_diverged_run_is_named_in_the_tables_and_kept_off_the_plot_scale(tmp_p
     mod.plot(res, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
     assert saved["ylim"][1] == pytest.approx(3 * 80.0 * 1.05)
+
+
+def test_a_methods_retraining_rate_is_taken_out_of_its_options_and_checked(bench_module):
+    """``lmf:lr=0.2;lr_end=0.005`` retrains that entry from 0.2 to 0.005 (the rest at --lr / --lr-end); the two keys
+    never reach the method's config; a rate that is not a positive number is refused before any training."""
+    mod = bench_module("recurrent")
+    args = mod.build_parser().parse_args(["--lr", "1", "--lr-end", "0.02"])
+    label, _, opts = mod.parse_method("lmf:lr=0.2;lr_end=0.005;rank=3")
+    assert mod.retrain_options(label, opts, args) == ({"rank": 3}, 0.2, 0.005)
+    assert mod.retrain_options("kp", {}, args) == ({}, 1.0, 0.02)
+    for bad in ("lr=0", "lr=-1", "lr=x", "lr_end=nan", "lr=true"):
+        with pytest.raises(LmshrinkError, match="must be a positive number"):
+            mod.retrain_options("lmf:" + bad, mod.parse_method("lmf:" + bad)[2], args)
+    # the command refuses it before it trains or even reads the corpus
+    assert mod.main(["--preset", "tiny", "--corpus", "ptb", "--data", "/nonexistent", "--methods", "kp,lmf:lr=-1"]) == 2

@@ -83,3 +83,22 @@ def test_an_ablation_of_doped_kp_is_judged_as_doped_kp_not_as_a_rival(tmp_path, 
     (tmp_path / "b.json").write_text(json.dumps(_result(100.0, 0.2, 10, [("lmf", 25, 107.7)])))
     assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)]) == 0
     assert "met, but by only 0.10 points: within run-to-run noise." in out.read_text()
+
+
+def test_runs_at_their_own_rate_share_their_methods_column_in_their_recipes_row(tmp_path, bench_module):
+    """recurrent.py's ``lmf:lr=0.2;lr_end=0.005`` entry is LMF under another recipe: it lands in LMF's column, in the
+    row of its own retraining schedule (read from the run's lr_schedule), beside the same file's lr 1 runs."""
+    mod = bench_module("recurrent_report")
+    res = _result(100.0, 1.0, 10, [("doped_kp", 25, 108.0), ("lmf:lr=0.2;lr_end=0.005", 25, 107.0)])
+    for r in res["runs"].values():
+        if r["label"].startswith("lmf"):
+            r["lr_schedule"] = [0.2] * 9 + [0.005]
+    (tmp_path / "a.json").write_text(json.dumps(res))
+    out = tmp_path / "r.md"
+    assert mod.main([str(tmp_path / "a.json"), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| source | retraining | dense ppl | doped_kp | lmf |" in md
+    assert "| `a.json` | 10 epochs, lr 0.2 -> 0.005 | 100.00 | - | +7.00 |" in md
+    assert "| `a.json` | 10 epochs, lr 1 -> 0.02 | 100.00 | +8.00 | - |" in md
+    assert "**not met** (as good or better: lmf)" in md
+    assert mod.method_label("doped_kp:cmr=0;lr=0.5") == "doped_kp:cmr=0" and mod.method_label("kp") == "kp"
