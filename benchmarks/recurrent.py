@@ -380,11 +380,13 @@ def diverged(r: dict, base: dict) -> bool:
 
 def diverged_note(r: dict, base: dict) -> str:
     first = (r.get("history") or [{}])[0]
+    seen = []  # what the run's record shows of how it went, where it has it
+    if r.get("valid_ppl_before_retrain"):
+        seen.append(f"valid ppl {fmt(r['valid_ppl_before_retrain'])} before retraining")
+    if "train_ppl" in first:
+        seen.append(f"train ppl {first['train_ppl']:.3g} in epoch 1" + (f" at lr {first['lr']:g}" if "lr" in first else ""))
     return (f"- {r['label']} @{fmt(r.get('ratio_target'), '{:g}x')} ({r['mode']}): test ppl {fmt(r['test_ppl'])}, over "
-            f"{DIVERGED_X:g}x the dense model's: it diverged"
-            + (f" (valid ppl {fmt(r['valid_ppl_before_retrain'])} before retraining" if r.get("valid_ppl_before_retrain") else " (")
-            + (f"; train ppl {first['train_ppl']:.3g} in epoch 1 at lr {first.get('lr', '?'):g})" if "train_ppl" in first else ")")
-            + ".")
+            f"{DIVERGED_X:g}x the dense model's: it diverged" + (f" ({'; '.join(seen)})" if seen else "") + ".")
 
 
 def group_rows(results: dict, group: str):
@@ -597,9 +599,9 @@ def orchestrate(args) -> int:
     check(all(r > 1 for r in ratios), f"--ratios must all be > 1, got {args.ratios}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     check(set(modes) <= {"retrain", "scratch"}, f"--modes takes retrain and/or scratch, got {args.modes}")
-    methods = [parse_method(m.strip()) for m in args.methods.split(",") if m.strip()]
-    for label, _, opts in methods:
-        retrain_options(label, opts, args)  # a bad rate is refused before any training
+    methods = []  # (label, registry name, method options, first rate, last rate); a bad rate fails before any training
+    for label, method, opts in (parse_method(m.strip()) for m in args.methods.split(",") if m.strip()):
+        methods.append((label, method, *retrain_options(label, opts, args)))
     recipe = PRESETS[args.preset]
     corpus = load_corpus(args.corpus, args.data, verify=not args.no_verify)
     group = f"{args.preset}/{args.corpus}"
@@ -653,8 +655,7 @@ def orchestrate(args) -> int:
 
     # 2. the runs still to do
     todo = []
-    for label, method, opts in methods:
-        opts, lr, lr_end = retrain_options(label, opts, args)
+    for label, method, opts, lr, lr_end in methods:
         opts = method_defaults(method, opts, args)
         try:
             get_method(method)

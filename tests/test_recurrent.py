@@ -454,6 +454,13 @@ def test_a_diverged_run_is_named_in_the_tables_and_kept_off_the_plot_scale(tmp_p
     assert ("- tt @25x (retrain): test ppl 38206.89, over 3x the dense model's: it diverged (valid ppl 1000.00 before "
             "retraining; train ppl 2.15e+06 in epoch 1 at lr 1).") in md
     assert "| tt @25x (retrain) | 38206.89 (diverged) |" in md and "prune @25x (retrain) | 93.60 |" in md
+    # a record with less in it (no valid ppl before retraining, no rate in its history) still gets its line
+    partial = run("kp", 500.0, 9e5)
+    del partial["valid_ppl_before_retrain"], partial["history"][0]["lr"]
+    assert mod.diverged_note(partial, base) == ("- kp @25x (retrain): test ppl 500.00, over 3x the dense model's: it "
+                                                "diverged (train ppl 9e+05 in epoch 1).")
+    partial["history"] = []
+    assert mod.diverged_note(partial, base).endswith("it diverged.")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from ..errors import check
 from .base import CompressedLayer, register_layer
 from .packing import DEFAULT_LAYOUT, check_layout
-from .quantized import PackedMatrix, spec_with_layout
+from .quantized import PackedMatrix, flat_group, spec_with_layout
 
 ALIGN = 8  # elements: 32 bytes of fp32, 16 of bf16 -- what cuBLAS's vectorized tensor-core kernels need
 
@@ -93,10 +93,6 @@ def up(n: int) -> int:
 def index_dtype(n: int) -> torch.dtype:
     """Smallest signed integer dtype holding 0..n-1 (safetensors and torch lack uint16)."""
     return torch.int16 if n <= 2**15 else torch.int32
-
-
-def default_flat_group(group_size: int | None) -> int:
-    return group_size if group_size else 128
 
 
 def check_group_gemms(max_groups, none_ok: bool = False) -> None:
@@ -189,7 +185,7 @@ class _BlockLowRank(CompressedLayer):
             self.V = nn.Parameter(torch.zeros(self.r_total, dim))
         else:
             # U is flat: quantize it in fixed-length groups along the flattened order
-            self.U = PackedMatrix(1, self.u_len, bits, default_flat_group(group_size), layout)
+            self.U = PackedMatrix(1, self.u_len, bits, flat_group(group_size), layout)
             self.V = PackedMatrix(self.r_total, dim, bits, group_size, layout)
         # offsets derived from the spec (Python ints; never stored)
         self._u_off, self._r_off, self._starts, self._pstarts = [0], [0], [0], [0]

@@ -51,8 +51,9 @@ import torch.nn as nn
 
 from ..compress import LayerContext, SizeBudget, register_method
 from ..errors import LmshrinkError, check
-from ..layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear, default_flat_group, index_dtype
+from ..layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear, index_dtype
 from ..layers.packing import DEFAULT_LAYOUT, max_packed_cols, packed_bits
+from ..layers.quantized import flat_group
 
 RANK_RULES = ("frequency", "sqrt_frequency", "log_frequency", "uniform")
 WEIGHTINGS = ("frequency", "sqrt_frequency", "none")
@@ -101,7 +102,7 @@ def layer_bits(sizes: list[int], ranks: list[int], dim: int, bits: int | None, g
     R = sum(ranks)
     if bits is None:
         return pos + 32 * (L + R * dim)
-    return (pos + packed_bits(1, L, bits, default_flat_group(group_size), layout)
+    return (pos + packed_bits(1, L, bits, flat_group(group_size), layout)
             + packed_bits(R, dim, bits, group_size, layout))
 
 
@@ -115,7 +116,7 @@ def max_u_entries(budget_bits: float, V: int, dim: int, ranks: list[int], bits: 
     # searched, not counted in whole groups of g: a balanced U's groups shrink with its length, so the longest U
     # that fits may need one more (shorter) group than whole groups of g would allow
     left = budget_bits - pos - packed_bits(R, dim, bits, group_size, layout)
-    return max_packed_cols(left, bits, default_flat_group(group_size), layout)
+    return max_packed_cols(left, bits, flat_group(group_size), layout)
 
 
 def rank_caps(sizes: list[int], dim: int) -> list[int]:
