@@ -8,7 +8,8 @@ table; the PNG has one panel per baseline, test perplexity against bytes on disk
 
     python benchmarks/vocab_report.py benchmarks/results/vocab_ptb_small_s10.json \
         benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium_ft6.json \
-        benchmarks/results/vocab_ptb_small_ft10_graph.json benchmarks/results/vocab_ptb_small_ft10_drop0.2.json --out benchmarks/results/vocab.json
+        benchmarks/results/vocab_ptb_small_ft10_graph.json benchmarks/results/vocab_ptb_small_ft10_drop0.2.json \
+        benchmarks/results/vocab_ptb_small_ft10_balanced.json --out benchmarks/results/vocab.json
 """
 
 from __future__ import annotations
@@ -40,7 +41,16 @@ def name_of(res: dict, path: Path) -> str:
     s = res["setup"]
     drop = s.get("finetune_dropout")
     return (f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
-            + ("" if drop is None else f", retrained with dropout {drop:g}"))
+            + ("" if drop is None else f", retrained with dropout {drop:g}")
+            + ("" if quant_layout(res) == "padded" else f", {quant_layout(res)} quantization layout"))
+
+
+def quant_layout(res: dict) -> str:
+    """The packing layout of the file's quantized layers: results from before stop 16 name none and were padded
+    (``layers.packing.LAYOUTS``); the same baseline rerun with the balanced layout is a different row."""
+    layouts = {spec.get("layout", "padded") for r in res["runs"].values() if isinstance(r, dict)
+               for spec in (r.get("layers") or {}).values() if isinstance(spec, dict) and "bits" in spec}
+    return "padded" if not layouts else "+".join(sorted(layouts))
 
 
 def verdicts(res: dict) -> dict:
@@ -85,7 +95,9 @@ def recipe_of(res: dict) -> str:
     """How GroupReduce was set and retrained in this file: the settings moved the verdicts more than anything else
     (PTB large, 6.6x: 5 blocks, rank ~ frequency, first rate 0.1, 2 epochs +4.9%; 10 blocks, rank ~ sqrt(frequency),
     first rate 0.01, 10 epochs +0.5%)."""
-    gr = next((r["config"] for r in done_runs(res) if r["method"] == "groupreduce" and r.get("config")), None)
+    # GroupReduce + quantization's settings where a file has no plain GroupReduce run (same block/rank options)
+    gr = next((r["config"] for m in ("groupreduce", "groupreduce_q") for r in done_runs(res)
+               if r["method"] == m and r.get("config")), None)
     lr = res["setup"].get("finetune_lr")
     if isinstance(lr, list):  # vocab.py --finetune-lr 0.1,0.01: each method at the rate validation chose
         lr_txt = "first rate chosen on validation from " + ", ".join(f"{x:g}" for x in lr)

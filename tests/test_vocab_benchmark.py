@@ -129,6 +129,23 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path, bench_module):
     (tmp_path / "a7.json").write_text(json.dumps(other))
     assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "a7.json"), "--out", str(out)]) == 0
     assert "| ptb-medium, 7 retraining epochs | `a7.json` |" in out.with_suffix(".md").read_text()
+    # ... and the same baseline with quantized layers packed in the balanced layout (stop 16) is a row of its own,
+    # while a file whose quantized layers name no layout (written before) reads as padded
+    balanced = json.loads((tmp_path / "a.json").read_text())
+    balanced["runs"]["groupreduce_q@26"]["layers"] = {"encoder": {"bits": 8, "layout": "balanced"}}
+    (tmp_path / "ab.json").write_text(json.dumps(balanced))
+    other["setup"]["finetune_epochs"] = balanced["setup"]["finetune_epochs"]
+    other["runs"]["groupreduce_q@26"]["layers"] = {"encoder": {"bits": 8}}
+    (tmp_path / "ap.json").write_text(json.dumps(other))
+    assert mod.main([str(tmp_path / "ap.json"), str(tmp_path / "ab.json"), "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "| ptb-medium | `ap.json` |" in md and "| ptb-medium, balanced quantization layout | `ab.json` |" in md
+    # GroupReduce + quantization's settings stand in for a file with no plain GroupReduce run
+    only_q = _result("ptb", 100.0, [("groupreduce_q", 26.0, 103.0)])
+    only_q["runs"]["groupreduce_q@26"]["config"] = {"num_blocks": 10, "rank_rule": "sqrt_frequency"}
+    (tmp_path / "q.json").write_text(json.dumps(only_q))
+    assert mod.main([str(tmp_path / "q.json"), "--out", str(out)]) == 0
+    assert "| 10 blocks, rank ~ sqrt_frequency, first rate 0.1, 2 epochs |" in out.with_suffix(".md").read_text()
     (tmp_path / "bad.json").write_text("{\"runs\": {}}")
     with pytest.raises(SystemExit, match="not a vocab.py result"):
         mod.main([str(tmp_path / "bad.json"), "--out", str(out)])
