@@ -16,8 +16,8 @@ For each model (LSTM, DAN), data set (TREC, SST-2, MR) and seed, in one run:
   cutoff 10000), i.e. fastText.zip, trained on the same train split; its .ftz file size is its bytes.
 
 Sizes: ``embedding_bytes`` / ``model_bytes`` are theoretical (bits / 8 of stored tensors, as
-``lmshrink.measure`` counts them); ``bytes_on_disk`` is the model directory (safetensors + manifest, which
-holds the vocabulary) or the .ftz file. Accuracy is test accuracy of the best-dev epoch; mean and std over
+``lmshrink.measure`` counts them); ``bytes_on_disk`` is the model directory (safetensors + manifest + the
+gzip'd vocabulary file) or the .ftz file. Accuracy is test accuracy of the best-dev epoch; mean and std over
 seeds. MR has no standard split: seed s tests fold s of a seeded (seed 0) 10-fold CV. TREC has no dev
 split: 10% of train (seeded) is held out as dev for every method, fastText included.
 
@@ -316,7 +316,7 @@ def markdown(result: dict) -> str:
              + ", lr_low = lr_high * decay^5. Test accuracy of the best-dev epoch, "
              "mean ± std over seeds (MR: seed s = fold s of a seeded 10-fold CV; TREC: dev = 10% of train). "
              "Bytes: embedding and whole model theoretical (stored bits / 8), on disk = model directory "
-             "(safetensors + JSON manifest with the vocabulary) or the fastText .ftz file.", ""]
+             "(safetensors + JSON manifest + gzip'd vocabulary file) or the fastText .ftz file.", ""]
     for s in sorted({e["set"] for e in result["summary"]}):
         rows = [e for e in result["summary"] if e["set"] == s]
         order = {"dense": 0, "dense_retrained": 1, "online_low_rank": 2, "offline_svd": 3, "quantize": 4, "fasttext_zip": 5}

@@ -59,11 +59,12 @@ def totals(model: nn.Module) -> dict:
 
 
 def bytes_on_disk(model_dir: str | Path) -> dict:
-    """Real file sizes of a model directory: weights, manifest, and their sum."""
+    """Real file sizes of a model directory: weights, manifest, vocabulary file, and every file's sum."""
     d = Path(model_dir)
     files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
     weights = files.get("model.safetensors", 0)
-    return {"weights": weights, "manifest": files.get("manifest.json", 0), "total": sum(files.values())}
+    return {"weights": weights, "manifest": files.get("manifest.json", 0), "vocab": files.get("vocab.txt.gz", 0),
+            "total": sum(files.values())}
 
 
 def other_gpu_processes(own: set[int]) -> int | None:

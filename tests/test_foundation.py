@@ -19,6 +19,7 @@ Nothing here reads ../shared/data or the network.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -409,9 +410,92 @@ def test_manifest_contents(tmp_path):
 def test_manifest_vocab(tmp_path):
     c = load_corpus("ptb", write_corpus(tmp_path / "data"), verify=False)
     save_model_dir(tiny_lm(vocab=len(c.vocab)), tmp_path / "m", vocab=c.vocab)
-    manifest = read_manifest(tmp_path / "m")
-    assert manifest["vocab"] == {"words": TRAIN_WORDS, "counts": TRAIN_COUNTS}
-    assert manifest["vocab_sha256"] == sha("\n".join(TRAIN_WORDS))
+    raw = read_manifest(tmp_path / "m")
+    blob = (tmp_path / "m" / "vocab.txt.gz").read_bytes()
+    assert raw["vocab"] == {"file": "vocab.txt.gz", "size": len(TRAIN_WORDS), "counts": True, "sha256": sha(blob),
+                            "bytes": len(blob)}
+    assert raw["vocab_sha256"] == sha("\n".join(TRAIN_WORDS))
+    # plain text inside, one WORD<TAB>COUNT per line in id order: `zcat vocab.txt.gz` shows it
+    assert gzip.decompress(blob).decode() == "".join(f"{w}\t{n}\n" for w, n in zip(TRAIN_WORDS, TRAIN_COUNTS))
+    inline = {"words": TRAIN_WORDS, "counts": TRAIN_COUNTS}
+    assert read_manifest(tmp_path / "m", vocab=True)["vocab"] == inline
+    assert load_model_dir(tmp_path / "m")[1]["vocab"] == inline
+    assert bytes_on_disk(tmp_path / "m")["vocab"] == len(blob)
+    # the same vocabulary gives the same bytes (gzip's mtime is 0), so model directories compare by digest
+    save_model_dir(tiny_lm(vocab=len(c.vocab)), tmp_path / "m2", vocab=c.vocab)
+    assert (tmp_path / "m2" / "vocab.txt.gz").read_bytes() == blob
+    # a directory written before the vocabulary file (JSON lists in the manifest) loads as before
+    old = json.loads((tmp_path / "m2" / "manifest.json").read_text())
+    old["vocab"] = inline
+    (tmp_path / "m2" / "manifest.json").write_text(json.dumps(old))
+    (tmp_path / "m2" / "vocab.txt.gz").unlink()
+    assert load_model_dir(tmp_path / "m2")[1]["vocab"] == inline
+    old["vocab"] = {"words": TRAIN_WORDS[::-1], "counts": TRAIN_COUNTS}
+    (tmp_path / "m2" / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(LmshrinkError, match="does not match vocab_sha256"):
+        load_model_dir(tmp_path / "m2")
+
+
+def _rewrite_vocab(d: Path, text: str, fix_manifest: bool = True):
+    """Replace the vocabulary file by ``text`` gzip'd; with ``fix_manifest`` its size and sha256 in the manifest
+    follow, so only the content is wrong."""
+    blob = gzip.compress(text.encode(), mtime=0)
+    (d / "vocab.txt.gz").write_bytes(blob)
+    if fix_manifest:
+        m = json.loads((d / "manifest.json").read_text())
+        m["vocab"].update(bytes=len(blob), sha256=sha(blob))
+        (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _vocab_entry(d: Path, **changes):
+    m = json.loads((d / "manifest.json").read_text())
+    m["vocab"].update(changes)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _vocab_text():
+    return "".join(f"{w}\t{n}\n" for w, n in zip(TRAIN_WORDS, TRAIN_COUNTS))
+
+
+@pytest.mark.parametrize(
+    "damage, fragment, verify",
+    [
+        (lambda d: (d / "vocab.txt.gz").unlink(), "vocab.txt.gz is missing", True),
+        (lambda d: (d / "vocab.txt.gz").write_bytes((d / "vocab.txt.gz").read_bytes()[:-9]), "truncated or corrupt", True),
+        (lambda d: (d / "vocab.txt.gz").write_bytes((d / "vocab.txt.gz").read_bytes()[:-9]), "truncated", False),
+        (lambda d: flip_byte(d / "vocab.txt.gz", 20), "sha256 in its manifest", True),
+        (lambda d: (d / "vocab.txt.gz").write_bytes(b"not gzip at all"), "not a readable vocabulary file", False),
+        (lambda d: _rewrite_vocab(d, _vocab_text().replace("\t2", "\ttwo", 1)), "line 3: expected WORD<TAB>COUNT", True),
+        (lambda d: _rewrite_vocab(d, _vocab_text()[:-1]), "last line has no line break", True),
+        (lambda d: _rewrite_vocab(d, _vocab_text().replace("cat", "cow")), "does not match vocab_sha256", True),
+        (lambda d: _rewrite_vocab(d, _vocab_text() + "extra\t1\n"), "holds 7 words, manifest says 6", True),
+        (lambda d: _vocab_entry(d, file="../vocab.txt.gz"), "must be a file name inside", True),
+        (lambda d: (d / "vocab.txt.gz").write_bytes(gzip.compress("caf\xe9\t1\n".encode("latin-1"))),
+         "not a readable vocabulary file", False),
+    ],
+    ids=["missing", "truncated", "truncated-noverify", "flipped", "not-gzip", "bad-count", "no-final-break",
+         "other-words", "extra-word", "path-outside", "latin1-bytes"],
+)
+def test_damaged_vocab_file_is_detected(tmp_path, damage, fragment, verify):
+    c = load_corpus("ptb", write_corpus(tmp_path / "data"), verify=False)
+    save_model_dir(tiny_lm(vocab=len(c.vocab)), tmp_path / "m", vocab=c.vocab)
+    damage(tmp_path / "m")
+    with pytest.raises(LmshrinkError, match=fragment):
+        load_model_dir(tmp_path / "m", verify=verify)
+
+
+def test_vocab_file_refuses_what_it_cannot_store_and_bounds_decompression(tmp_path, monkeypatch):
+    for bad in ("a\tb", "a\nb", "a\rb"):
+        with pytest.raises(LmshrinkError, match="without tabs and line breaks"):
+            save_model_dir(tiny_lm(vocab=2), tmp_path / "m", vocab=Vocabulary(["ok", bad], [2, 1]))
+        assert not (tmp_path / "m").exists() and leftovers(tmp_path) == []
+    save_model_dir(tiny_lm(vocab=2), tmp_path / "m", vocab=Vocabulary(["é", "<unk>"], [2, 1]))
+    assert load_model_dir(tmp_path / "m")[1]["vocab"] == {"words": ["é", "<unk>"], "counts": [2, 1]}
+    # a small file must not expand without bound in memory (a crafted directory: gzip of a long run of one byte)
+    _rewrite_vocab(tmp_path / "m", "a" * 100 + "\t1\n")
+    monkeypatch.setattr(io_mod, "VOCAB_MAX_BYTES", 12)
+    with pytest.raises(LmshrinkError, match="expands to more than 12 bytes"):
+        load_model_dir(tmp_path / "m")
 
 
 def _truncate(d: Path):
@@ -561,7 +645,7 @@ def test_bytes_on_disk_match_bits(tmp_path):
     size = bytes_on_disk(tmp_path / "m")
     manifest_size = (tmp_path / "m" / "manifest.json").stat().st_size
     assert size == {"weights": (tmp_path / "m" / "model.safetensors").stat().st_size, "manifest": manifest_size,
-                    "total": size["weights"] + manifest_size}
+                    "vocab": 0, "total": size["weights"] + manifest_size}
     expected = tot["bits"] / 8 + manifest_size
     assert abs(size["total"] - expected) / expected < 0.02
     assert size["weights"] >= tot["bits"] / 8  # the file cannot hold fewer bytes than the numbers need
@@ -802,6 +886,7 @@ def test_cli_compress_then_eval_and_info_show_the_dense_source(tmp_path, monkeyp
     assert {r["name"]: r["kind"] for r in info["layers"]}["decoder"] == "low_rank_linear"
     rc, out, _ = run_cli(capsys, "info", c)
     assert rc == 0 and "this/dense" in out
+    assert f"vocabulary {(Path(c) / 'vocab.txt.gz').stat().st_size:,})" in out  # the footer counts every file
 
     # a TOML plan; then plans that must be refused without leaving an output behind
     plan = tmp_path / "plan.toml"
@@ -834,8 +919,8 @@ def test_manifest_json_is_readable_and_compact(tmp_path):
     model = tiny_lm()
     save_model_dir(model, tmp_path / "m", vocab=Vocabulary.from_tokens([f"w{i % 50}" for i in range(500)]))
     manifest = (tmp_path / "m" / "manifest.json").read_text()
-    assert json.loads(manifest)["vocab"]["words"][:2] == ["w0", "w1"]
-    assert manifest.count("\n") < 200  # 50 words would be 100+ lines one per line
+    assert "w49" not in manifest  # the words live in vocab.txt.gz, not in the manifest
+    assert manifest.count("\n") < 200
 
 
 def test_train_and_save_initialises_from_its_seed_whatever_ran_before(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ storage, and Hamming-distance search.
 - :mod:`.quantizers`: ``iiq``, ``itq`` (Gong & Lazebnik 2011), ``pca_sign``, ``sign_binarize``, ``binarize``.
 - :mod:`.codes`: ``pack_bits`` / ``unpack_bits`` (numpy.packbits layout), torch ``unpack_signs``.
 - :mod:`.search`: ``hamming_topk`` (packed popcount, CPU/CUDA), ``cosine_topk`` (float reference).
-- :mod:`.store`: word-vector directories (safetensors + manifest with the vocabulary).
+- :mod:`.store`: word-vector directories (safetensors + manifest + gzip'd vocabulary file).
 """
 
 from .codes import pack_bits, unpack_bits, unpack_signs

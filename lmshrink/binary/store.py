@@ -4,7 +4,7 @@ A vector set is not a language model, so it gets its own small writer that reuse
 (``FORMAT``, atomic temp-dir-then-rename, sha256 + size of the weights file, ``versions()``), with::
 
     "architecture": {"kind": "word_vectors", "encoding": "binary" | "float32", "words": n, "dim": d, "bits": c, ...}
-    "vocab": {"words": [...]}, "vocab_sha256": sha256("\\n".join(words))   (same fingerprint as Vocabulary)
+    "vocab": {"file": "vocab.txt.gz", ...}, "vocab_sha256": sha256("\\n".join(words))   (as io.py writes them)
 
 Tensors of a binary set: ``codes`` (n, ceil(c/8)) uint8 packed as in :mod:`lmshrink.binary.codes`
 (numpy.packbits(axis=1, bitorder="big"): bit j in byte j // 8 at position 7 - j % 8, 1 = +1); ``mean`` (d,) and
@@ -15,7 +15,6 @@ A float set stores ``vectors`` (n, d) float32.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,17 +22,13 @@ import numpy as np
 import torch
 
 from ..errors import LmshrinkError, check
-from ..io import MANIFEST, WEIGHTS, _sha256, read_manifest, write_dir_atomic
+from ..io import MANIFEST, WEIGHTS, _sha256, read_manifest, vocab_fingerprint, write_dir_atomic
 from .codes import pack_bits, unpack_bits
 from .quantizers import BinaryCodes
 
 KIND = "word_vectors"
 PACKING = ("numpy.packbits(codes, axis=1, bitorder='big'): bit j of a word is byte j // 8, bit 7 - j % 8 "
            "(MSB first); 1 = +1, 0 = -1; trailing pad bits 0")
-
-
-def vocab_fingerprint(words: list[str]) -> str:
-    return hashlib.sha256("\n".join(words).encode()).hexdigest()
 
 
 @dataclass
@@ -52,9 +47,9 @@ class BinaryVectorSet:
         return unpack_bits(self.packed, self.bits)
 
 
-def _write_dir(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifest: dict) -> dict:
+def _write_dir(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifest: dict, words: list[str]) -> dict:
     # vector directories are model directories without a model: no compressed layers to list
-    return write_dir_atomic(out_dir, tensors, {**manifest, "compressed_layers": {}})
+    return write_dir_atomic(out_dir, tensors, {**manifest, "compressed_layers": {}}, vocab=(list(words), None))
 
 
 def save_binary_vectors(out_dir: str | Path, codes: BinaryCodes, words: list[str], word_scale: bool = False,
@@ -73,20 +68,19 @@ def save_binary_vectors(out_dir: str | Path, codes: BinaryCodes, words: list[str
     manifest = {"architecture": {"kind": KIND, "encoding": "binary", "words": len(words), "dim": int(d), "bits": int(c),
                                  "method": codes.method, "packing": PACKING,
                                  "scale": "per_word_float16" if word_scale else "global_float32"},
-                "vocab": {"words": list(words)}, "vocab_sha256": vocab_fingerprint(list(words)),
                 "binarize": info}
     manifest.update(extra or {})
-    return _write_dir(out_dir, tensors, manifest)
+    return _write_dir(out_dir, tensors, manifest, words)
 
 
 def save_float_vectors(out_dir: str | Path, vectors: np.ndarray, words: list[str], extra: dict | None = None) -> dict:
     """Write float32 vectors in the same format (the dense reference for bytes on disk)."""
     check(len(words) == vectors.shape[0], f"{len(words)} words for {vectors.shape[0]} vectors")
     manifest = {"architecture": {"kind": KIND, "encoding": "float32", "words": len(words),
-                                 "dim": int(vectors.shape[1])},
-                "vocab": {"words": list(words)}, "vocab_sha256": vocab_fingerprint(list(words))}
+                                 "dim": int(vectors.shape[1])}}
     manifest.update(extra or {})
-    return _write_dir(out_dir, {"vectors": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))}, manifest)
+    return _write_dir(out_dir, {"vectors": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))}, manifest,
+                      words)
 
 
 def is_vector_dir(path: str | Path) -> bool:
@@ -123,6 +117,7 @@ def load_vector_dir(path: str | Path, verify: bool = True):
     manifest = read_manifest(d)
     arch = manifest.get("architecture", {})
     check(arch.get("kind") == KIND, f"{d} holds a {arch.get('kind')!r} model, not word vectors")
+    manifest = read_manifest(d, vocab=True, verify=verify)  # the vocabulary file checked against the manifest
     words = list(manifest.get("vocab", {}).get("words", []))
     check(vocab_fingerprint(words) == manifest.get("vocab_sha256"),
           f"{d / MANIFEST}: vocabulary does not match its sha256")

@@ -22,7 +22,7 @@ def run(args) -> int:
     rows.append(["total", "", f"{t['params']:,}", f"{t['bits']:,}", human_bytes(t["bits"] / 8)])
     m = info.get("metrics", {})
     footer = f"bytes on disk: {info['bytes_on_disk']['total']:,} (weights {info['bytes_on_disk']['weights']:,}, " \
-             f"manifest {info['bytes_on_disk']['manifest']:,})"
+             f"manifest {info['bytes_on_disk']['manifest']:,}, vocabulary {info['bytes_on_disk'].get('vocab', 0):,})"
     if m:
         footer += "  |  " + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
     print_table(f"{args.model_dir} ({info['architecture']['kind']})", ["layer", "kind", "params", "bits", "bytes"], rows, footer)
