@@ -45,6 +45,22 @@ def tt_dense(cores, out_modes, in_modes) -> torch.Tensor:
     return T.permute(*perm).reshape(math.prod(out_modes), math.prod(in_modes))
 
 
+def tt_matvec_macs(out_modes, in_modes, ranks, rows: int = 1) -> int:
+    """Multiply-adds of :func:`tt_matvec` on ``rows`` vectors (exact: one per term of each einsum).
+
+    Step k contracts (P, r_{k-1}, n_k, q) with G_k (r_{k-1}, m_k, n_k, r_k), where P = rows m_1..m_{k-1}
+    (outputs already produced) and q = n_{k+1}..n_d (inputs still waiting), so it costs
+
+        rows * prod(m_1..m_{k-1}) * r_{k-1} * n_k * prod(n_{k+1}..n_d) * m_k * r_k.
+
+    Large in-modes late and large out-modes early make the middle terms big, which is why the order of
+    the modes matters for speed (see ``methods.tensor_train``).
+    """
+    d = len(out_modes)
+    return sum(rows * math.prod(out_modes[:k]) * ranks[k] * in_modes[k] * math.prod(in_modes[k + 1:]) * out_modes[k]
+               * ranks[k + 1] for k in range(d))
+
+
 def tt_matvec(cores, out_modes, in_modes, x: torch.Tensor) -> torch.Tensor:
     """``W x`` for x (..., in) -> (..., out), contracting one core at a time."""
     lead = x.shape[:-1]
