@@ -17,7 +17,7 @@ from lmshrink.compress import LayerContext, compress, make_config
 from lmshrink.errors import LmshrinkError
 from lmshrink.io import load_model_dir, save_model_dir
 from lmshrink.layers.tensor_train import TTLinear, tt_dense, tt_matvec, tt_matvec_macs, tt_max_ranks, tt_params
-from lmshrink.methods.tensor_train import fast_modes, mode_orders, split_modes, tt_compress, tt_ranks_for
+from lmshrink.methods.tensor_train import PARAMS_SLACK, fast_modes, mode_orders, split_modes, tt_compress, tt_ranks_for
 from lmshrink.models.lstm_lm import LSTMLanguageModel
 
 LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
@@ -29,7 +29,7 @@ LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
 # (r_{k-1} = n_k = 1) lowers to an elementwise mul that the counter does not count.
 MAC_SHAPES = [
     ([10, 13, 20], [5, 10, 13], [1, 21, 21, 1], 1),  # 2600x650 at 25x, ascending (4.91x dense)
-    ([10, 20, 13], [10, 13, 5], [1, 15, 15, 1], 1),  # the same, fast order
+    ([10, 20, 13], [10, 13, 5], [1, 15, 15, 1], 1),  # the same, the cheapest order outright (ranks 15)
     ([8, 4, 3], [2, 4, 3], [1, 3, 3, 1], 5),
     ([5, 5, 13, 8], [13, 5, 5, 2], [1, 34, 34, 16, 1], 7),
     ([2, 4, 5, 5, 13], [13, 5, 5, 2, 1], [1, 26, 40, 40, 13, 1], 1),  # a trailing in-mode of 1
@@ -68,13 +68,16 @@ def test_fast_order_never_costs_more_than_ascending_and_fits_the_budget(out_f, i
     assert tt_params(fout, fin, ranks) <= budget
     assert all(r <= c for r, c in zip(ranks, tt_max_ranks(fout, fin)))
     assert tt_matvec_macs(fout, fin, ranks) <= tt_matvec_macs(asc_out, asc_in, asc_ranks)
-    # and it is the cheapest candidate (the rule, checked by brute force)
-    best = min(tt_matvec_macs(o, i, tt_ranks_for(o, i, None, budget, "t")) for i, o in mode_orders(asc_in, asc_out))
+    # the rule, checked by brute force: no fewer than 97% of ascending's numbers, and the cheapest such order
+    floor = (1 - PARAMS_SLACK) * tt_params(asc_out, asc_in, asc_ranks)
+    assert tt_params(fout, fin, ranks) >= floor
+    sized = [(o, i, tt_ranks_for(o, i, None, budget, "t")) for i, o in mode_orders(asc_in, asc_out)]
+    best = min(tt_matvec_macs(o, i, r) for o, i, r in sized if tt_params(o, i, r) >= floor)
     assert tt_matvec_macs(fout, fin, ranks) == best
 
 
 # the measured cases of the brief: MACs over dense for ascending and fast, to 0.01
-@pytest.mark.parametrize("out_f,in_f,asc_ratio,fast_ratio", [(2600, 650, 4.91, 1.90), (6000, 1500, 8.92, 5.98)])
+@pytest.mark.parametrize("out_f,in_f,asc_ratio,fast_ratio", [(2600, 650, 4.91, 1.94), (6000, 1500, 8.92, 5.98)])
 def test_fast_order_cuts_the_macs_of_the_measured_maps(out_f, in_f, asc_ratio, fast_ratio):
     budget = out_f * in_f / 25
     asc_in, asc_out = split_modes(in_f, 3), split_modes(out_f, 3)

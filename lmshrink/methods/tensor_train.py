@@ -13,12 +13,13 @@ largest first, to the smallest factor so far) and ``order`` arranges them:
 - ``"ascending"``: both sorted ascending (the only rule before ``order`` existed; kept so that old
   results can be reproduced).
 - ``"fast"`` (default): the arrangement whose matrix-vector product costs the fewest multiply-adds
-  (:func:`~lmshrink.layers.tensor_train.tt_matvec_macs` on one row) at the ranks it gets. Candidates are
-  every distinct permutation of the in-factors times every distinct permutation of the out-factors
-  for ``cores`` <= 4, else the four ascending/descending combinations. Each candidate gets its own
-  ranks (the budget's largest uniform rank, capped for that order, or the given ranks; an order whose
-  caps the given ranks exceed is skipped). Ties go to the candidate storing more numbers (closer to the
-  budget), then to the ascending order, then to the lexicographically smaller modes.
+  (:func:`~lmshrink.layers.tensor_train.tt_matvec_macs` on one row) at the ranks it gets, among the
+  arrangements that store at least 97% (``PARAMS_SLACK``) of the numbers the ascending order stores
+  within the budget (speed without giving up capacity against the previous default). Candidates are every distinct permutation of the in-factors times every distinct
+  permutation of the out-factors for ``cores`` <= 4, else the four ascending/descending combinations.
+  Each candidate gets its own ranks (the budget's largest uniform rank, capped for that order, or the
+  given ranks; an order whose caps the given ranks exceed is skipped). Ties go to the candidate storing
+  more numbers, then to the ascending order, then to the lexicographically smaller modes.
 
 Why: ``tt_matvec`` contracts x one core at a time, and step k costs
 rows * m_1..m_{k-1} * r_{k-1} * n_k * n_{k+1}..n_d * m_k * r_k multiply-adds (m: out-modes, n: in-modes,
@@ -27,14 +28,18 @@ carry both a large n_{k+1}..n_d and a rank on each side: on a 2600x650 LSTM map 
 ascending modes cost 4.9x the dense MACs, the fast order 1.9x. The order of the modes is a free
 choice of the TT-matrix format (Novikov et al. 2015, Sec. 3: row and column indices are mapped to
 multi-indices by any bijection, so any factorisation of the sizes, in any order, tensorizes the same W),
-but it changes which unfoldings TT-SVD truncates (the k-th
-unfolding groups (m_1 n_1 .. m_k n_k) against the rest), so the reconstruction error at a given budget,
-and hence the accuracy before retraining, can move either way. Each order also gets its own ranks, and
-the cheapest is often one with a large factor in the middle core, whose r^2 term buys lower ranks
-(2600x650: ranks 15 against 21, 61.0k against 63.8k numbers). Measured on PTB small after one epoch
-(800x200 maps, 25x, 3 cores, before retraining): fast [8,10,10] x [5,8,5] at ranks 8 against ascending
-[8,10,10] x [5,5,8] at ranks 10, pooled relative TT-SVD error 0.945 against 0.939, test perplexity 744.0
-against 738.0 (dense 180.6): slightly worse, for 1.56x against 2.50x the dense MACs.
+but it changes which unfoldings TT-SVD truncates (the k-th unfolding groups (m_1 n_1 .. m_k n_k) against
+the rest), so the reconstruction error at a given budget, and hence the accuracy before retraining, can
+move either way. Why the parameter floor: the order with the fewest MACs outright is often one with a
+large factor in the middle core, whose r^2 term buys lower ranks (2600x650: ranks 15 against 21, 61.0k
+against 63.8k numbers) for little real speed. Measured on PTB small after one epoch (800x200 maps, 25x,
+3 cores, before retraining; pooled relative TT-SVD error, test perplexity, dense 180.6):
+
+- ascending [8,10,10] x [5,5,8], ranks 10, 2.50x the dense MACs: 0.939, 738.0;
+- fewest MACs outright [8,10,10] x [5,8,5], ranks 8, 1.56x: 0.945, 744.0;
+- fewest MACs at >= 97% of ascending's numbers (the rule) [8,10,10] x [8,5,5], ranks 10, 1.60x: 0.941,
+  729.7. On one thread, a 2600x650 map takes 191-202 us in that order against 206-209 us for the
+  cheapest outright and 349-367 us ascending (dense 137-151 us).
 
 Ranks: ``ranks`` (one int for every inner rank, or the inner list r_1..r_{d-1}), else the largest
 uniform rank whose cores fit the budget; ranks are capped at their maximum (the rank of the matching
@@ -54,6 +59,7 @@ from ..errors import LmshrinkError, check
 from ..layers.tensor_train import TTLinear, tt_matvec_macs, tt_max_ranks, tt_params, tt_svd
 
 ORDERS = ("fast", "ascending")
+PARAMS_SLACK = 0.03  # "fast" considers the orders storing at least 97% of the numbers the ascending order stores
 
 
 def prime_factors(n: int) -> list[int]:
@@ -94,27 +100,33 @@ def mode_orders(in_modes, out_modes) -> list[tuple[list[int], list[int]]]:
 
 
 def fast_modes(in_modes, out_modes, ranks, budget_numbers, dense_numbers: int, where: str):
-    """The candidate of :func:`mode_orders` with the fewest ``tt_matvec`` MACs at one row.
+    """The candidate of :func:`mode_orders` with the fewest ``tt_matvec`` MACs at one row, among those that
+    store at least ``1 - PARAMS_SLACK`` of the numbers the ascending order stores (of the most any candidate
+    stores, where the ascending order fails).
 
     Each candidate is sized on its own (the caps, hence the budget's ranks, depend on the order).
     Candidates whose ranks fail (given ranks over their caps, budget below rank 1, no saving over dense)
     are skipped; if all fail, the ascending order is returned so the caller raises its usual error.
-    Key: fewest MACs, then most numbers (closest to the budget), then the ascending order, then the
-    smaller modes, so the choice is deterministic.
+    Among the rest: fewest MACs, then most numbers, then the ascending order, then the smaller modes, so
+    the choice is deterministic.
     """
-    best = None
+    cands = []
     for idx, (i_m, o_m) in enumerate(mode_orders(in_modes, out_modes)):
         try:
             full = tt_ranks_for(o_m, i_m, ranks, budget_numbers, where)
         except LmshrinkError:
             continue
         numbers = tt_params(o_m, i_m, full)
-        if numbers >= dense_numbers:
-            continue
-        key = (tt_matvec_macs(o_m, i_m, full), -numbers, idx != 0, o_m, i_m)
-        if best is None or key < best[0]:
-            best = (key, i_m, o_m)
-    return (list(in_modes), list(out_modes)) if best is None else (best[1], best[2])
+        if numbers < dense_numbers:
+            cands.append(((tt_matvec_macs(o_m, i_m, full), -numbers, idx != 0, o_m, i_m), i_m, o_m))
+    if not cands:
+        return list(in_modes), list(out_modes)
+    # the cheapest order outright often buys its MACs with lower ranks (a large middle factor makes r^2
+    # costly): speed may not cost capacity against the ascending order, the default before this rule
+    asc = [-key[1] for key, _, _ in cands if not key[2]]
+    floor = (1 - PARAMS_SLACK) * (asc[0] if asc else max(-key[1] for key, _, _ in cands))
+    key, i_m, o_m = min(c for c in cands if -c[0][1] >= floor)
+    return i_m, o_m
 
 
 def tt_ranks_for(out_modes, in_modes, ranks, budget_numbers, where: str) -> list[int]:
