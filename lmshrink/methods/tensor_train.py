@@ -125,7 +125,7 @@ def fast_modes(in_modes, out_modes, ranks, budget_numbers, dense_numbers: int, w
     # costly): speed may not cost capacity against the ascending order, the default before this rule
     asc = [-key[1] for key, _, _ in cands if not key[2]]
     floor = (1 - PARAMS_SLACK) * (asc[0] if asc else max(-key[1] for key, _, _ in cands))
-    key, i_m, o_m = min(c for c in cands if -c[0][1] >= floor)
+    _, i_m, o_m = min(c for c in cands if -c[0][1] >= floor)
     return i_m, o_m
 
 
