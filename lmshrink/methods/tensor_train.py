@@ -43,7 +43,9 @@ against 63.8k numbers) for little real speed. Measured on PTB small after one ep
 
 After retraining (PTB medium, 25x, 10 epochs at lr 0.2 -> 0.005, both orders in one run; H100 logs of stop 17):
 this rule's order 100.90 (+21.54%, 26.1x) against ascending 100.36 (+20.88%, 25.5x), at 1.14 against 2.14 ms
-per token on one CPU thread at batch 1 (dense 1.23).
+per token on one CPU thread at batch 1 (dense 1.23). PTB large, same recipe: 150.86 (+92.09%) against 148.40
+(+88.95%), 8.49 against 37.55 ms per token (dense 7.15); that fast-order model's validation perplexity was
+erratic (275 against test 151), which ``benchmarks/results/logs/2026-11-23m`` leaves open.
 
 Ranks: ``ranks`` (one int for every inner rank, or the inner list r_1..r_{d-1}), else the largest
 uniform rank whose cores fit the budget; ranks are capped at their maximum (the rank of the matching
