@@ -40,6 +40,23 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def _umask() -> int:
+    # POSIX can only read the umask by setting it; the window is two system calls, and lmshrink writes files
+    # from one thread
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool = False) -> None:
+    """Give a file or directory made by ``tempfile`` the permissions a plain ``open``/``mkdir`` would have.
+
+    Why: mkstemp and mkdtemp create 0600 files and 0700 directories, and renaming keeps them, so every model
+    directory was readable by its owner only (a model shared on a multi-user machine could not be loaded).
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it over ``path``: a reader sees the old file or
     the new one, never half of one, and a failure leaves no temp file behind."""
@@ -49,6 +66,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
+        _usual_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -220,8 +238,10 @@ def write_dir_atomic(out_dir: str | Path, tensors: dict[str, torch.Tensor], fiel
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
+        _usual_mode(tmp, directory=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        _usual_mode(tmp / WEIGHTS)  # safetensors may create it private, as tempfile does
         if vocab_blob is not None:
             (tmp / VOCAB).write_bytes(vocab_blob)
             fields = {**fields, "vocab": {"file": VOCAB, "size": len(vocab[0]), "counts": vocab[1] is not None,

@@ -484,6 +484,26 @@ def test_damaged_vocab_file_is_detected(tmp_path, damage, fragment, verify):
         load_model_dir(tmp_path / "m", verify=verify)
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_model_directories_get_the_permissions_of_plain_files(tmp_path, umask):
+    # tempfile makes 0600 files and 0700 directories; renamed into place they kept them, so nobody but the owner
+    # could load a model on a shared machine. Now the umask decides, as for any file the user writes.
+    old = os.umask(umask)
+    try:
+        save_model_dir(tiny_lm(vocab=2), tmp_path / "m", vocab=Vocabulary(["a", "b"], [2, 1]))
+        io_mod.write_json_atomic(tmp_path / "r.json", {"x": 1})
+    finally:
+        os.umask(old)
+    def mode(p: Path) -> int:
+        return p.stat().st_mode & 0o777
+
+    assert mode(tmp_path / "m") == 0o777 & ~umask
+    assert {f.name: mode(f) for f in (tmp_path / "m").iterdir()} == {
+        n: 0o666 & ~umask for n in ("manifest.json", "model.safetensors", "vocab.txt.gz")}
+    assert mode(tmp_path / "r.json") == 0o666 & ~umask
+
+
 def test_vocab_file_refuses_what_it_cannot_store_and_bounds_decompression(tmp_path, monkeypatch):
     for bad in ("a\tb", "a\nb", "a\rb"):
         with pytest.raises(LmshrinkError, match="without tabs and line breaks"):
