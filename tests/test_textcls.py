@@ -293,6 +293,18 @@ def test_results_schema_from_synthetic_rows(bench_module):
     assert "| dan | online_low_rank | keep=0.1 (rank 4) | 89.50 ± 0.71 |" in mod.markdown(result)
 
 
+def test_a_missing_fasttext_is_said_before_the_run(bench_module, monkeypatch, capsys):
+    import importlib.util
+
+    mod = bench_module("textcls")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fasttext" else real(name, *a))
+    assert mod.warn_if_no_fasttext() is True
+    assert "fasttext package is not installed (pip install -e .[bench])" in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert mod.warn_if_no_fasttext() is False and capsys.readouterr().err == ""
+
+
 def test_committed_results_follow_the_schema():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "textcls.json"
     files = sorted(path.parent.glob("textcls*.json"))  # textcls.json and its variants (e.g. tuned rates)
