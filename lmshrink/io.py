@@ -215,7 +215,7 @@ def _parse_vocab_file(path: Path, raw: bytes, with_counts: bool) -> tuple[list[s
     words, counts = [], []
     for i, line in enumerate(lines, 1):
         word, tab, count = line.rpartition("\t")
-        check(tab and count.isdigit(), f"{path}, line {i}: expected WORD<TAB>COUNT, got {line[:60]!r}")
+        check(tab and count.isascii() and count.isdigit(), f"{path}, line {i}: expected WORD<TAB>COUNT, got {line[:60]!r}")
         words.append(word)
         counts.append(int(count))
     return words, counts

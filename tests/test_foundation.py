@@ -466,6 +466,7 @@ def _vocab_text():
         (lambda d: flip_byte(d / "vocab.txt.gz", 20), "sha256 in its manifest", True),
         (lambda d: (d / "vocab.txt.gz").write_bytes(b"not gzip at all"), "not a readable vocabulary file", False),
         (lambda d: _rewrite_vocab(d, _vocab_text().replace("\t2", "\ttwo", 1)), "line 3: expected WORD<TAB>COUNT", True),
+        (lambda d: _rewrite_vocab(d, _vocab_text().replace("\t2", "\t\u00b2", 1)), "line 3: expected WORD<TAB>COUNT", True),
         (lambda d: _rewrite_vocab(d, _vocab_text()[:-1]), "last line has no line break", True),
         (lambda d: _rewrite_vocab(d, _vocab_text().replace("cat", "cow")), "does not match vocab_sha256", True),
         (lambda d: _rewrite_vocab(d, _vocab_text() + "extra\t1\n"), "holds 7 words, manifest says 6", True),
@@ -473,7 +474,7 @@ def _vocab_text():
         (lambda d: (d / "vocab.txt.gz").write_bytes(gzip.compress("caf\xe9\t1\n".encode("latin-1"))),
          "not a readable vocabulary file", False),
     ],
-    ids=["missing", "truncated", "truncated-noverify", "flipped", "not-gzip", "bad-count", "no-final-break",
+    ids=["missing", "truncated", "truncated-noverify", "flipped", "not-gzip", "bad-count", "superscript-count", "no-final-break",
          "other-words", "extra-word", "path-outside", "latin1-bytes"],
 )
 def test_damaged_vocab_file_is_detected(tmp_path, damage, fragment, verify):
