@@ -327,9 +327,12 @@ def markdown(results: dict, cmd: str) -> str:
         L += [f"## Word similarity, top {sim['words']:,} words ({sim['vectors']})", "",
               "Spearman's rho: float vectors by cosine, codes by `1 - 2 hamming / bits`. Seeded methods: mean over "
               "seeds (± std of the mean Spearman). Ratio = 32 d / bits; disk = `model.safetensors` of the same "
-              "directory format (codes packed + the (d, c) encoder and mean); the manifest (vocabulary) is extra.", ""]
-        head = ["method", "bits/word", "ratio", "weights on disk", "disk ratio"] + [SHORT[s] for s in SET_ORDER] + \
-               ["mean", "fit s"]
+              "directory format (codes packed + the (d, c) encoder and mean); directory = every file of it (weights, "
+              "manifest and the vocabulary, `vocab.txt.gz` since stop 17, JSON in the manifest before), the float32 "
+              "directory's over each row's.", ""]
+        ref = next((r for r in sim["rows"] if r["method"] == "float32"), None)
+        head = ["method", "bits/word", "ratio", "weights on disk", "disk ratio", "directory on disk", "directory ratio"] + \
+               [SHORT[s] for s in SET_ORDER] + ["mean", "fit s"]
         L += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sim["rows"]:
             opts = r.get("options") or {}
@@ -338,9 +341,11 @@ def markdown(results: dict, cmd: str) -> str:
                 Ds = sorted({i.get("remove_top") for i in r.get("info", [])})
                 name += f" (auto D={','.join(map(str, Ds))})"
             mean = fmt(r["mean_spearman"]) + (f" ± {r['mean_spearman_std']:.3f}" if len(r.get("seeds", [])) > 1 else "")
+            total = r["bytes_on_disk"].get("total")
+            dir_ratio = f"{ref['bytes_on_disk']['total'] / total:.1f}x" if ref and total else "-"
             cells = [name, str(r["bits"]), f"{r['compression_ratio_bits']:.1f}x", f"{r['bytes_on_disk']['weights']:,}",
-                     f"{r['compression_ratio_weights_on_disk']:.1f}x"] + [fmt(r["spearman"].get(s)) for s in SET_ORDER] + \
-                    [mean, f"{r['fit_seconds']:.1f}"]
+                     f"{r['compression_ratio_weights_on_disk']:.1f}x", f"{total:,}" if total else "-", dir_ratio] + \
+                    [fmt(r["spearman"].get(s)) for s in SET_ORDER] + [mean, f"{r['fit_seconds']:.1f}"]
             L.append("| " + " | ".join(cells) + " |")
         cov = sim["rows"][0]["coverage"]
         L += ["", "Coverage (pairs with both words in the vocabulary / pairs): " +

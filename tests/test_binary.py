@@ -6,6 +6,7 @@ Everything runs on tiny synthetic data made here (no /work/shared); the whole fi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,23 @@ def test_kumo_package_loads_when_installed():
     wv = load_kumo(limit=10)
     assert wv.vectors.shape == (10, 50) and wv.words[:3] == ["the", ",", "."]
     assert np.isfinite(wv.vectors).all()
+
+
+def test_binary_report_shows_whole_directories_beside_weights(bench_module):
+    # the similarity table's directory columns: every file of a vector directory (weights, manifest, vocabulary
+    # file), the float32 directory's bytes over each row's, rendered from what the rows hold
+    import copy
+
+    mod = bench_module("binary")
+    committed = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/binary.json").read_text())
+    res = {"similarity": copy.deepcopy(committed["similarity"])}
+    rows = res["similarity"]["rows"]
+    assert rows[0]["method"] == "float32"
+    rows[0]["bytes_on_disk"] = {"weights": 20_000_000, "manifest": 3_000, "vocab": 420_000, "total": 20_423_000}
+    rows[1]["bytes_on_disk"] = {"weights": 700_000, "manifest": 3_000, "vocab": 420_000, "total": 1_123_000}
+    md = mod.markdown(res, "cmd")
+    header = next(line for line in md.splitlines() if line.startswith("| method | bits/word"))
+    assert "| weights on disk | disk ratio | directory on disk | directory ratio |" in header
+    line = next(line for line in md.splitlines() if line.startswith(f"| {rows[1]['method']}"))
+    assert "| 700,000 |" in line and "| 1,123,000 | 18.2x |" in line  # 20,423,000 / 1,123,000 = 18.19
+    assert "| 20,423,000 | 1.0x |" in md
