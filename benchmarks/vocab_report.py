@@ -39,10 +39,10 @@ def load(path: str | Path) -> dict:
 
 def name_of(res: dict, path: Path) -> str:
     s = res["setup"]
-    drop = s.get("finetune_dropout")
+    drop, layout = s.get("finetune_dropout"), quant_layout(res)
     return (f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
             + ("" if drop is None else f", retrained with dropout {drop:g}")
-            + ("" if quant_layout(res) == "padded" else f", {quant_layout(res)} quantization layout"))
+            + ("" if layout == "padded" else f", {layout} quantization layout"))
 
 
 def quant_layout(res: dict) -> str:

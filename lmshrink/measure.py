@@ -60,10 +60,10 @@ def totals(model: nn.Module) -> dict:
 
 def bytes_on_disk(model_dir: str | Path) -> dict:
     """Real file sizes of a model directory: weights, manifest, vocabulary file, and every file's sum."""
-    d = Path(model_dir)
-    files = {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
-    weights = files.get("model.safetensors", 0)
-    return {"weights": weights, "manifest": files.get("manifest.json", 0), "vocab": files.get("vocab.txt.gz", 0),
+    from .io import MANIFEST, VOCAB, WEIGHTS
+
+    files = {p.name: p.stat().st_size for p in Path(model_dir).iterdir() if p.is_file()}
+    return {"weights": files.get(WEIGHTS, 0), "manifest": files.get(MANIFEST, 0), "vocab": files.get(VOCAB, 0),
             "total": sum(files.values())}
 
 

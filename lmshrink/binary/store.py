@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import LmshrinkError, check
-from ..io import MANIFEST, WEIGHTS, _sha256, read_manifest, vocab_fingerprint, write_dir_atomic
+from ..io import MANIFEST, WEIGHTS, _sha256, read_manifest, read_vocab, write_dir_atomic
 from .codes import pack_bits, unpack_bits
 from .quantizers import BinaryCodes
 
@@ -117,10 +117,10 @@ def load_vector_dir(path: str | Path, verify: bool = True):
     manifest = read_manifest(d)
     arch = manifest.get("architecture", {})
     check(arch.get("kind") == KIND, f"{d} holds a {arch.get('kind')!r} model, not word vectors")
-    manifest = read_manifest(d, vocab=True, verify=verify)  # the vocabulary file checked against the manifest
-    words = list(manifest.get("vocab", {}).get("words", []))
-    check(vocab_fingerprint(words) == manifest.get("vocab_sha256"),
-          f"{d / MANIFEST}: vocabulary does not match its sha256")
+    vocab = read_vocab(d, manifest, verify=verify)  # file size, digest and vocab_sha256 checked there
+    # a vector set without a vocabulary or its fingerprint is not one we wrote
+    check(vocab is not None and "vocab_sha256" in manifest, f"{d / MANIFEST}: vocabulary does not match its sha256")
+    words = vocab[0]
     t = _load_tensors(d, manifest, verify)
     if arch.get("encoding") == "float32":
         v = t["vectors"].numpy()

@@ -89,7 +89,9 @@ class Vocabulary:
 
     def fingerprint(self) -> str:
         """sha256 of the words in id order: two models share ids exactly when this matches."""
-        return hashlib.sha256("\n".join(self.words).encode()).hexdigest()
+        from ..io import vocab_fingerprint  # the one definition, also what model directories record
+
+        return vocab_fingerprint(self.words)
 
 
 def tokenize_file(path: Path) -> list[str]:

@@ -190,15 +190,15 @@ def tt_compress(module: nn.Module, config: TTConfig, ctx: LayerContext):
     W = module.weight  # (out, in)
     out_f, in_f = W.shape
     where = f"tt on {ctx.name}"
+    ratio = config.target_ratio()
+    budget = out_f * in_f / ratio if ratio is not None else None
+    ranks = config.ranks if config.ranks is not None else config.rank
     if config.in_modes is not None:
         in_modes, out_modes = list(config.in_modes), list(config.out_modes)
         check(math.prod(in_modes) == in_f and math.prod(out_modes) == out_f,
               f"{where}: modes {out_modes} x {in_modes} multiply to {math.prod(out_modes)}x{math.prod(in_modes)}, "
               f"not the weight's {out_f}x{in_f}")
-    ratio = config.target_ratio()
-    budget = out_f * in_f / ratio if ratio is not None else None
-    ranks = config.ranks if config.ranks is not None else config.rank
-    if config.in_modes is None:
+    else:
         in_modes, out_modes = split_modes(in_f, config.cores), split_modes(out_f, config.cores)
         if config.order == "fast":
             in_modes, out_modes = fast_modes(in_modes, out_modes, ranks, budget, out_f * in_f, where)
