@@ -36,7 +36,9 @@ prune / quantize (when registered), or any registered method name. Two options a
 not the method's: ``lr`` and ``lr_end`` replace ``--lr`` / ``--lr-end`` for that entry, so one invocation can give
 each method the rate it prefers (``lmf:lr=0.2;lr_end=0.005,doped_kp``). Why: on PTB medium and large the
 factorised methods retrained best from 0.2 and doped KP and pruning from 1, and a second invocation on a lent GPU
-means a second dense baseline.
+means a second dense baseline. A third, ``cell_clip``, is the model's: the compressed model retrains and is
+evaluated with its carried cell state clamped (``LSTMLanguageModel.cell_clip``; saved in its manifest), e.g.
+``tt:cell_clip=50``. Why: stop 18 found a runaway cell in a 25x TT model on PTB large (``eval_windows.py``).
 """
 
 from __future__ import annotations
@@ -176,10 +178,11 @@ def retrain_options(label: str, opts: dict, args) -> tuple[dict, float, float]:
     """(method options without ``lr``/``lr_end``, first rate, last rate) of one ``--methods`` entry."""
     opts = dict(opts)
     lr, lr_end = opts.pop("lr", args.lr), opts.pop("lr_end", args.lr_end)
-    for name, v in (("lr", lr), ("lr_end", lr_end)):
+    checks = [("lr", lr), ("lr_end", lr_end)] + ([("cell_clip", opts["cell_clip"])] if "cell_clip" in opts else [])
+    for name, v in checks:
         check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
               f"{label}: {name} must be a positive number, got {v!r}")
-    return opts, float(lr), float(lr_end)
+    return opts, float(lr), float(lr_end)  # cell_clip stays in opts until the run's spec takes it out
 
 
 def method_defaults(method: str, opts: dict, args) -> dict:
@@ -224,11 +227,14 @@ def run_one(spec: dict) -> dict:
         opts["ratio"] = spec["ratio"]
     cfg = make_config(spec["method"], **opts)
     report = compress(model, {p: cfg for p in LSTM_PATTERNS})
+    if spec.get("cell_clip") is not None:
+        model.cell_clip = float(spec["cell_clip"])
     model.to(device)
     result = {"key": spec["key"], "preset": spec["preset"], "corpus": spec["corpus"], "label": spec["label"],
               "method": spec["method"], "options": opts, "config": cfg.to_dict(), "mode": spec["mode"],
               "ratio_target": spec.get("ratio_target", spec["ratio"]), "ratio_of": spec.get("ratio_of"),
-              "weight_ratio": spec["ratio"], "epochs": spec["epochs"], "seed": spec["seed"], "layers": report}
+              "weight_ratio": spec["ratio"], "epochs": spec["epochs"], "seed": spec["seed"], "layers": report,
+              "cell_clip": spec.get("cell_clip")}
     train_dir = run_dir / "train"
     before = run_dir / "before_retrain.json"  # kept across a pause, so a resumed run does not redo it
     if spec["mode"] == "retrain":
@@ -497,14 +503,15 @@ def print_table(results: dict) -> None:
         if base is None:
             continue
         log(f"\n{group}: dense test ppl {base['test_ppl']:.2f}, LSTM {base['lstm_bytes_on_disk'] / 2**20:.2f} MiB")
-        log(f"{'method':<28}{'mode':<9}{'ratio':>7}{'LSTM KiB':>11}{'test ppl':>10}{'Δppl%':>8}{'GPU tok/s':>11}"
+        w = max([28] + [len(r["label"]) + 1 for r in runs])  # whole labels: per-entry options tell runs apart
+        log(f"{'method':<{w}}{'mode':<9}{'ratio':>7}{'LSTM KiB':>11}{'test ppl':>10}{'Δppl%':>8}{'GPU tok/s':>11}"
             f"{'CPU ms/t':>10}{'ep':>4}{'min':>6}")
-        log(f"{'dense':<28}{'-':<9}{1.0:>7.1f}{base['lstm_bytes_on_disk'] / 1024:>11.1f}{base['test_ppl']:>10.2f}{0:>+8.2f}"
+        log(f"{'dense':<{w}}{'-':<9}{1.0:>7.1f}{base['lstm_bytes_on_disk'] / 1024:>11.1f}{base['test_ppl']:>10.2f}{0:>+8.2f}"
             f"{fmt(base.get('gpu_tokens_per_s'), '{:,.0f}'):>11}{fmt(base.get('cpu_ms_per_token'), '{:.3f}'):>10}{'-':>4}"
             f"{fmt((base.get('train_wall_s') or float('nan')) / 60, '{:.1f}'):>6}")
         for r in runs:
             ratio = base["lstm_bits"] / r["lstm_bits"]
-            log(f"{r['label'][:27]:<28}{r['mode']:<9}{ratio:>7.1f}{r['lstm_bytes_on_disk'] / 1024:>11.1f}{r['test_ppl']:>10.2f}"
+            log(f"{r['label']:<{w}}{r['mode']:<9}{ratio:>7.1f}{r['lstm_bytes_on_disk'] / 1024:>11.1f}{r['test_ppl']:>10.2f}"
                 f"{100 * (r['test_ppl'] / base['test_ppl'] - 1):>+8.2f}{fmt(r.get('gpu_tokens_per_s'), '{:,.0f}'):>11}"
                 f"{fmt(r.get('cpu_ms_per_token'), '{:.3f}'):>10}{r['epochs']:>4}"
                 f"{fmt((r.get('train_wall_s') or float('nan')) / 60, '{:.1f}'):>6}")
@@ -656,6 +663,8 @@ def orchestrate(args) -> int:
     # 2. the runs still to do
     todo = []
     for label, method, opts, lr, lr_end in methods:
+        opts = dict(opts)
+        cell_clip = opts.pop("cell_clip", None)  # the model's option, not the method's (module doc)
         opts = method_defaults(method, opts, args)
         try:
             get_method(method)
@@ -680,7 +689,7 @@ def orchestrate(args) -> int:
                         "mode": mode, "epochs": epochs, "preset": args.preset, "corpus": args.corpus, "data": args.data,
                         "verify": not args.no_verify, "recipe": dict(vars(recipe)), "baseline_dir": str(bdir),
                         "run_dir": str(run_dir), "device": args.device, "precision": args.precision, "seed": args.seed,
-                        "cuda_graph": args.cuda_graph,
+                        "cuda_graph": args.cuda_graph, "cell_clip": cell_clip,
                         "lr": lr, "lr_end": lr_end, "lr_hold": hold, "eval_batch": args.eval_batch,
                         "max_steps": args.max_steps, "deadline": deadline, "reserve": args.reserve,
                         "threads": max(1, (os.cpu_count() or 1) // args.jobs)}

@@ -6,6 +6,7 @@ checksums and metrics in the model directory's manifest.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -74,12 +75,21 @@ def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_ste
 
 
 def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", device="auto", batch_size=1,
-                       speed=False) -> dict:
+                       speed=False, cell_clip=None) -> dict:
+    """``cell_clip`` evaluates with the carried LSTM cell state clamped (``LSTMLanguageModel``), whatever the
+    model's own setting; the output records the value used."""
+    check(cell_clip is None or (math.isfinite(cell_clip) and cell_clip > 0),
+          f"--cell-clip must be a positive number, got {cell_clip}")
     dev = resolve_device(device)
     model, manifest = load_model_dir(model_dir, device=dev)
+    if cell_clip is not None:
+        check(hasattr(model, "cell_clip"), f"--cell-clip applies to LSTM language models, not {manifest['architecture'].get('kind')!r}")
+        model.cell_clip = cell_clip
     c = _corpus_for(manifest, data_dir, corpus)
     bptt = manifest.get("config", {}).get("recipe", {}).get("bptt", 35)
     out: dict = {"model_dir": str(model_dir), "corpus": c.name}
+    if getattr(model, "cell_clip", None) is not None:
+        out["cell_clip"] = model.cell_clip
     for s in (("valid", "test") if split == "both" else (split,)):
         out[f"{s}_ppl"] = evaluate_ppl(model, c.splits[s], batch_size, bptt, dev)
     tot = totals(model)

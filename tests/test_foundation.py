@@ -868,6 +868,14 @@ def test_cli_train_eval_info_round_trip(tmp_path, monkeypatch, capsys):
     assert ev["test_ppl"] == pytest.approx(metrics["test_ppl"], rel=1e-6)  # same weights, batch 1, bptt 10
     assert ev["valid_ppl"] == pytest.approx(metrics["valid_ppl"], rel=1e-6)
     assert (ev["params"], ev["bytes_on_disk"]) == (params, metrics["bytes_on_disk"])
+    assert "cell_clip" not in ev
+    # a clamp far above the cells' range changes nothing; a tight one changes the perplexity and is recorded
+    far = json.loads(run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--json", "--cell-clip", "1e6")[1])
+    tight = json.loads(run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--json", "--cell-clip", "1e-4")[1])
+    assert far["test_ppl"] == ev["test_ppl"] and far["cell_clip"] == 1e6
+    assert tight["test_ppl"] != ev["test_ppl"] and tight["cell_clip"] == 1e-4
+    rc, out, err = run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--cell-clip", "0")
+    assert rc != 0 and "--cell-clip must be a positive number" in err and out == ""
 
     rc, out, err = run_cli(capsys, "info", m, "--json")
     assert rc == 0, err

@@ -209,6 +209,49 @@ def test_doped_ratio_budget_counts_values_indices_and_row_pointers():
     assert layer.col.dtype == torch.int16 and layer.row_ptr.dtype == torch.int32
 
 
+def test_kp_share_gives_the_kronecker_factors_that_share_of_the_budget_and_s_the_rest():
+    """At 25x on a PTB-medium-shaped map, the default leaves one KP term and S ~2.5% of the entries;
+    kp_share=0.6 gives the KP part 60% of the budget (whole terms, so at most one term less) and S ~1%."""
+    from lmshrink.methods.doped_kronecker import DopedKroneckerConfig, doped_plan, sparse_bits_per_entry
+
+    out_f, in_f, ratio = 2600, 650, 25
+    budget_bits = 32 * out_f * in_f / ratio
+    seen = []
+    for share in (None, 0.3, 0.6, 0.8):
+        cfg = DopedKroneckerConfig(ratio=ratio, kp_share=share)
+        cfg.validate()
+        sa, sb, terms, nnz = doped_plan(out_f, in_f, cfg, "x")
+        per_term = 32 * (sa[0] * sa[1] + sb[0] * sb[1])
+        kp_bits = terms * per_term
+        total = kp_bits + 32 * (out_f + 1) + nnz * sparse_bits_per_entry(in_f)
+        assert budget_bits * 0.999 <= total <= budget_bits  # S fills what the factors leave, never more
+        if share is None:
+            assert terms == 1
+        else:
+            assert share * budget_bits - per_term < kp_bits <= share * budget_bits
+        seen.append((terms, nnz))
+    assert [t for t, _ in seen] == sorted(t for t, _ in seen) and [n for _, n in seen] == sorted((n for _, n in seen), reverse=True)
+    assert 0.009 < seen[2][1] / (out_f * in_f) < 0.011  # kp_share 0.6: S at about 1%
+
+
+def test_kp_share_layer_starts_exact_and_anneals_to_its_smaller_density():
+    g = torch.Generator().manual_seed(8)
+    lin = nn.Linear(48, 96)
+    lin.weight.data = torch.randn(96, 48, generator=g)
+    from lmshrink.compress import LayerContext, get_method
+
+    one = get_method("doped_kronecker").apply(lin, make_config("doped_kronecker", ratio=4), LayerContext("x", "linear"))
+    many = get_method("doped_kronecker").apply(lin, make_config("doped_kronecker", ratio=4, kp_share=0.6),
+                                               LayerContext("x", "linear"))
+    assert many.terms > one.terms == 1 and many.density < one.density
+    many.eval()
+    assert torch.allclose(many.dense_weight(), lin.weight, atol=1e-4)  # S holds the residual of more KP terms
+    many.training_step_hook(1.0, 10 ** 6)
+    assert many.nnz() == round(many.density * 96 * 48)
+    many.pack()
+    assert many.form == "packed" and 32 * 96 * 48 / (many.bits() - 32 * 96) >= 4.0
+
+
 # --------------------------------------------------------------------------- tensor train and HMD
 def test_tt_reconstruction_error_falls_as_ranks_grow():
     g = torch.Generator().manual_seed(7)
@@ -333,6 +376,8 @@ BAD = [
     ("doped_kronecker", {"density": 1.5}, "density must be in (0, 1]"),
     ("doped_kronecker", {"density": 0.01, "anneal_end": 1.2}, "after training ends"),
     ("doped_kronecker", {"ratio": 4, "density": 0.01}, "exactly one of"),
+    ("doped_kronecker", {"ratio": 4, "kp_share": 1.0}, "kp_share (the KP factors' share of the budget) must be in (0, 1)"),
+    ("doped_kronecker", {"density": 0.01, "kp_share": 0.5}, "kp_share splits a ratio or fraction budget"),
     ("tt", {"ranks": [50, 50], "in_modes": [2, 4, 3], "out_modes": [8, 4, 3]}, "exceeds its maximum"),
     ("tt", {"ranks": [2, 2], "in_modes": [2, 4, 4], "out_modes": [8, 4, 3]}, "multiply to"),
     ("kronecker", {"a_shape": [8, 4], "terms": 99}, "exceed the maximum"),
@@ -386,7 +431,7 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
     (data / "ptb.test.txt").write_text(text(30))
     out = tmp_path / "res" / "recurrent.json"
     cmd = [sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb", "--data",
-           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf:lr=0.5;lr_end=0.1,tt",
+           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf:lr=0.5;lr_end=0.1,tt:cell_clip=50",
            "--ratios", "6", "--epochs", "1", "--max-steps", "8", "--jobs", "2", "--work", str(tmp_path / "work"),
            "--out", str(out), "--cpu-repeats", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -403,6 +448,10 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
         # lmf's entry carries its own retraining rate; the others retrain at --lr (1); lr is no method option
         assert r["lr_schedule"] == ([0.5] if r["label"].startswith("lmf:") else [1.0]), r["label"]
         assert "lr" not in r["config"] and "lr" not in r["options"]
+        # tt's entry retrains and is saved with the carried cell state clamped; cell_clip is no method option either
+        clip = 50 if r["label"].startswith("tt:") else None
+        assert r["cell_clip"] == clip and "cell_clip" not in r["config"], r["label"]
+        assert json.loads((Path(r["model_dir"]) / "manifest.json").read_text())["architecture"].get("cell_clip") == clip
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
     assert again.returncode == 0 and "started" not in again.stdout
@@ -487,8 +536,83 @@ def test_a_methods_retraining_rate_is_taken_out_of_its_options_and_checked(bench
     label, _, opts = mod.parse_method("lmf:lr=0.2;lr_end=0.005;rank=3")
     assert mod.retrain_options(label, opts, args) == ({"rank": 3}, 0.2, 0.005)
     assert mod.retrain_options("kp", {}, args) == ({}, 1.0, 0.02)
-    for bad in ("lr=0", "lr=-1", "lr=x", "lr_end=nan", "lr=true"):
+    assert mod.retrain_options("tt", {"cell_clip": 50}, args) == ({"cell_clip": 50}, 1.0, 0.02)  # the run's spec takes it
+    for bad in ("lr=0", "lr=-1", "lr=x", "lr_end=nan", "lr=true", "cell_clip=0", "cell_clip=x"):
         with pytest.raises(LmshrinkError, match="must be a positive number"):
             mod.retrain_options("lmf:" + bad, mod.parse_method("lmf:" + bad)[2], args)
     # the command refuses it before it trains or even reads the corpus
     assert mod.main(["--preset", "tiny", "--corpus", "ptb", "--data", "/nonexistent", "--methods", "kp,lmf:lr=-1"]) == 2
+
+
+def test_eval_windows_losses_add_up_to_the_evaluated_perplexity(bench_module):
+    """The diagnostic's per-window losses are the evaluation's: their mean is evaluate_ppl's perplexity, fused or
+    step by step; resetting the state every window changes it (the carried state matters)."""
+    import math
+
+    from lmshrink.train.lm import evaluate_ppl
+
+    mod = bench_module("eval_windows")
+    model, _ = compressed("tt", {"ratio": 3})
+    ids = torch.randint(0, 40, (700,), generator=torch.Generator().manual_seed(9))
+    want = evaluate_ppl(model, ids, batch_size=4, bptt=7)
+    for fused in (True, False):
+        losses, cells = mod.window_losses(model, ids, 4, 7, "cpu", fused=fused)
+        assert losses.shape == (25, 4) and cells.shape == (25, 2)
+        assert math.isclose(mod.summarise(losses, cells, 3)["ppl"], want, rel_tol=1e-5)
+    reset, _ = mod.window_losses(model, ids, 4, 7, "cpu", reset_every=1)
+    assert not math.isclose(math.exp(float(reset.mean())), want, rel_tol=1e-4)
+
+
+def test_cell_clip_clamps_only_the_carried_cell_state_and_survives_save_and_load(tmp_path):
+    """cell_clip bounds the cell state carried between calls (fused and step-by-step paths alike); a model whose
+    cells stay inside the bound computes exactly what it computes without it; the setting is saved."""
+    from lmshrink.io import load_model_dir, save_model_dir
+    from lmshrink.models.lstm_lm import fused_lstm
+
+    model, _ = compressed("tt", {"ratio": 3})
+    model.eval()
+    ids = torch.randint(0, 40, (6, 3), generator=torch.Generator().manual_seed(10))
+    big = [(torch.zeros(3, 24), torch.full((3, 24), 500.0)) for _ in range(2)]
+    small = [(torch.zeros(3, 24), torch.full((3, 24), 0.5)) for _ in range(2)]
+    with torch.no_grad():
+        free_big, _ = model(ids, big)
+        free_small, _ = model(ids, small)
+        model.cell_clip = 2.0
+        clipped_big, _ = model(ids, big)
+        as_two, _ = model(ids, [(h, torch.full_like(c, 2.0)) for h, c in big])
+        for fused in (True, False):
+            with fused_lstm(model, fused):
+                assert torch.allclose(model(ids, big)[0], as_two, atol=1e-5)
+        assert torch.equal(model(ids, small)[0], free_small)  # inside the bound: unchanged
+    assert torch.equal(clipped_big, as_two) and not torch.allclose(clipped_big, free_big, atol=1e-3)
+    assert model.arch()["cell_clip"] == 2.0
+    save_model_dir(model, tmp_path / "m")
+    twin, _ = load_model_dir(tmp_path / "m")
+    assert twin.cell_clip == 2.0
+    model.cell_clip = None
+    assert "cell_clip" not in model.arch()  # off: manifests as before
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "5"])
+def test_cell_clip_must_be_a_positive_number(bad):
+    with pytest.raises(LmshrinkError, match="cell_clip must be a positive number"):
+        LSTMLanguageModel(10, hidden=4, layers=1, cell_clip=bad)
+
+
+def test_eval_windows_report_is_one_row_per_evaluation(tmp_path, bench_module):
+    import json
+
+    mod = bench_module("eval_windows")
+    model, _ = compressed("tt", {"ratio": 3})
+    ids = torch.randint(0, 40, (400,), generator=torch.Generator().manual_seed(11))
+    rows = []
+    for clip in (None, 2.0):
+        model.cell_clip = clip
+        losses, cells = mod.window_losses(model, ids, 4, 7, "cpu")
+        rows.append({"split": "valid", "batch": 4, "reset_every": 0, "cell_clip": clip, "fused": True,
+                     **mod.summarise(losses, cells, 2)})
+    (tmp_path / "a.json").write_text(json.dumps({"args": {"tf32": False}, "models": {"runs/x/tt_25x/model": rows}}))
+    assert mod.main(["--report", str(tmp_path / "a.json"), "--out", str(tmp_path / "a.md")]) == 0
+    table = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| `a.json`")]
+    assert len(table) == 2 and all("| tt_25x | valid | 4 | 0 |" in line for line in table)
+    assert "| 2.0 | off | fused |" in table[1] and f"| {rows[0]['ppl']:.2f} |" in table[0]

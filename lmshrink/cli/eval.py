@@ -13,6 +13,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=1, help="evaluation batch (default 1, as Zaremba et al.)")
     p.add_argument("--speed", action="store_true", help="also measure tokens/s (CPU batch 1, GPU batch 64)")
+    p.add_argument("--cell-clip", type=float, default=None, metavar="C",
+                   help="clamp the LSTM cell state carried between BPTT windows to [-C, C] (stops a runaway unit "
+                        "on long streams; no effect on a model whose cells stay inside)")
     add_json_arg(p)
 
 
@@ -20,11 +23,13 @@ def run(args) -> int:
     from ..workflows import evaluate_model_dir
 
     res = evaluate_model_dir(args.model_dir, data_dir=args.data, corpus=args.corpus, split=args.split,
-                             device=args.device, batch_size=args.batch_size, speed=args.speed)
+                             device=args.device, batch_size=args.batch_size, speed=args.speed,
+                             cell_clip=args.cell_clip)
     if args.json:
         emit_json(res)
     else:
         parts = [f"{k} {res[k]:.2f}" for k in ("valid_ppl", "test_ppl") if k in res]
+        parts += [f"cell clip {res['cell_clip']:g}"] if "cell_clip" in res else []
         parts += [f"params {res['params']:,}", f"bytes on disk {res['bytes_on_disk']:,}"]
         if "tokens_per_s" in res:
             parts.append(f"{res['tokens_per_s']:,.0f} tok/s ({res['speed']['device']}, batch {res['speed']['batch_size']})")

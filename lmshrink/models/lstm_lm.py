@@ -10,8 +10,8 @@ weights; otherwise it projects all inputs with one call of ``ih`` and runs only 
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-
 from dataclasses import asdict, dataclass
 
 import torch
@@ -135,19 +135,31 @@ class LSTMLanguageModel(nn.Module):
 
     Module names are the plan names: ``encoder`` (embedding), ``rnn.layers.K.ih`` / ``rnn.layers.K.hh``,
     ``decoder`` (softmax). Tying shares one ``nn.Parameter`` between ``encoder`` and ``decoder``.
+
+    ``cell_clip`` (default off) clamps the cell state carried *into* each call to [-cell_clip, cell_clip],
+    so between BPTT windows, the same on the fused and the step-by-step path. Why: a unit whose forget gate
+    saturates at 1 while its input keeps adding +-1 counts tokens for as long as the state is carried. Stop 18
+    found one in a 25x tensor-train PTB-large model: on one validation stream its cells reached |c| = 3052
+    (the dense model's never pass 36), and that stream's perplexity was 35,887 while the others stayed at
+    138-190 (``benchmarks/results/eval_windows_large_tt.json``). The clamp bounds how long such a unit stays
+    stuck after its input turns; set above the cell range a model uses, it changes nothing else.
     """
 
     kind = "lstm_lm"
 
     def __init__(self, vocab_size: int, hidden: int = 200, layers: int = 2, dropout: float = 0.0,
-                 tie_weights: bool = False, emb_size: int | None = None, init_scale: float = 0.1):
+                 tie_weights: bool = False, emb_size: int | None = None, init_scale: float = 0.1,
+                 cell_clip: float | None = None):
         super().__init__()
         check(vocab_size > 0 and hidden > 0 and layers > 0, "vocab_size, hidden and layers must be positive")
+        check(cell_clip is None or (isinstance(cell_clip, (int, float)) and math.isfinite(cell_clip) and cell_clip > 0),
+              f"cell_clip must be a positive number (or absent), got {cell_clip!r}")
         check(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
         emb_size = emb_size or hidden
         check(not tie_weights or emb_size == hidden, "tied weights need emb_size == hidden")
         self.config = dict(vocab_size=vocab_size, hidden=hidden, layers=layers, dropout=dropout,
                            tie_weights=tie_weights, emb_size=emb_size, init_scale=init_scale)
+        self.cell_clip = cell_clip  # recorded in arch() only when set, so manifests without it stay as they were
         self.encoder = nn.Embedding(vocab_size, emb_size)
         self.rnn = nn.Module()
         self.rnn.layers = nn.ModuleList(
@@ -172,6 +184,8 @@ class LSTMLanguageModel(nn.Module):
         # ids: (T, B) -> logits (T, B, V)
         if state is None:
             state = self.init_state(ids.size(1), ids.device)
+        if self.cell_clip is not None:
+            state = [(h, c.clamp(-self.cell_clip, self.cell_clip)) for h, c in state]
         x = self.drop(self.encoder(ids))  # (T, B, E)
         new_state = []
         for layer, s in zip(self.rnn.layers, state):
@@ -181,7 +195,8 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(x), new_state  # (T, B, V)
 
     def arch(self) -> dict:
-        return {"kind": self.kind, **self.config}
+        extra = {} if self.cell_clip is None else {"cell_clip": self.cell_clip}
+        return {"kind": self.kind, **self.config, **extra}
 
 
 def build_from_preset(preset: str, vocab_size: int, tie_weights: bool | None = None) -> LSTMLanguageModel:
