@@ -263,8 +263,12 @@ def run_one(spec: dict) -> dict:
     signal.setitimer(signal.ITIMER_REAL, 0)
     packed = finalize(model)
     model.eval()
-    result["valid_ppl"] = evaluate_ppl(model, corpus.splits["valid"], spec["eval_batch"], recipe.bptt, device)
-    result["test_ppl"] = evaluate_ppl(model, corpus.splits["test"], spec["eval_batch"], recipe.bptt, device)
+    cells = {"valid": [], "test": []}
+    result["valid_ppl"] = evaluate_ppl(model, corpus.splits["valid"], spec["eval_batch"], recipe.bptt, device,
+                                       cell_max=cells["valid"])
+    result["test_ppl"] = evaluate_ppl(model, corpus.splits["test"], spec["eval_batch"], recipe.bptt, device,
+                                      cell_max=cells["test"])
+    result["max_abs_cell"] = cells  # per layer, the largest carried |c| (runaway_note)
     model_dir = run_dir / "model"
     save_model_dir(model.cpu(), model_dir, vocab=corpus.vocab,
                    extra={"benchmark": "recurrent", "run": spec["key"], "test_ppl": result["test_ppl"]})
@@ -319,9 +323,13 @@ def evaluate_baseline(args, corpus, recipe, bdir: Path, group: str) -> dict:
     check(manifest.get("vocab_sha256") in (None, corpus.vocab.fingerprint()),
           f"baseline {bdir} was trained on another vocabulary than {args.corpus}")
     check(not manifest.get("compressed_layers"), f"baseline {bdir} is already compressed")
+    cells = {"valid": [], "test": []}
     res = {"group": group, "model_dir": str(bdir), "architecture": manifest["architecture"],
-           "valid_ppl": evaluate_ppl(model, corpus.splits["valid"], args.eval_batch, recipe.bptt, args.device),
-           "test_ppl": evaluate_ppl(model, corpus.splits["test"], args.eval_batch, recipe.bptt, args.device),
+           "valid_ppl": evaluate_ppl(model, corpus.splits["valid"], args.eval_batch, recipe.bptt, args.device,
+                                     cell_max=cells["valid"]),
+           "test_ppl": evaluate_ppl(model, corpus.splits["test"], args.eval_batch, recipe.bptt, args.device,
+                                    cell_max=cells["test"]),
+           "max_abs_cell": cells,
            "train_wall_s": manifest.get("train_wall_s"), "history": manifest.get("history"),
            "lstm_bytes_on_disk": tensor_bytes_on_disk(bdir, "rnn."),
            "model_weights_bytes_on_disk": (bdir / "model.safetensors").stat().st_size,
@@ -395,6 +403,24 @@ def diverged_note(r: dict, base: dict) -> str:
             f"{DIVERGED_X:g}x the dense model's: it diverged" + (f" ({'; '.join(seen)})" if seen else "") + ".")
 
 
+# A compressed model whose carried cell state grows past this multiple of the dense model's largest has a runaway
+# cell: stop 18's TT model on PTB large reached 3052 on one validation stream against the dense model's 36.
+RUNAWAY_X = 10.0
+
+
+def runaway_note(r: dict, base: dict) -> str | None:
+    """A line for the report when a run's carried cell state ran away on some split (None otherwise or unrecorded)."""
+    mine, dense = r.get("max_abs_cell") or {}, base.get("max_abs_cell") or {}
+    seen = [f"{split} {max(mine[split]):,.0f} against the dense model's {max(dense[split]):,.1f}"
+            for split in ("valid", "test") if mine.get(split) and dense.get(split)
+            and max(mine[split]) > RUNAWAY_X * max(dense[split])]
+    if not seen:
+        return None
+    return (f"- {r['label']} @{fmt(r.get('ratio_target'), '{:g}x')} ({r['mode']}): a runaway cell, largest carried |c| "
+            + "; ".join(seen) + f" (valid ppl {fmt(r.get('valid_ppl'))}, test {fmt(r['test_ppl'])}). "
+            "`benchmarks/eval_windows.py` shows where; a `cell_clip` entry option retrains with the state clamped.")
+
+
 def group_rows(results: dict, group: str):
     base = results["baselines"].get(group)
     runs = [r for r in results["runs"].values() if r.get("group") == group and r.get("status") == "ok"]
@@ -436,6 +462,7 @@ def markdown(results: dict) -> str:
                          f"{fmt(r.get('cpu_ms_per_token'), '{:.3f}')} | {r['epochs']} | "
                          f"{fmt((r.get('train_wall_s') or float('nan')) / 60, '{:.1f}')} |")
         gone = [diverged_note(r, base) for r in runs if diverged(r, base)]
+        gone += [note for note in (runaway_note(r, base) for r in runs if not diverged(r, base)) if note]
         if gone:
             lines += [""] + gone
         lines += ["", f"Grachev et al. (2019) style, {group}:", "",

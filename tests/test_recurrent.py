@@ -452,6 +452,8 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
         clip = 50 if r["label"].startswith("tt:") else None
         assert r["cell_clip"] == clip and "cell_clip" not in r["config"], r["label"]
         assert json.loads((Path(r["model_dir"]) / "manifest.json").read_text())["architecture"].get("cell_clip") == clip
+        assert all(len(r["max_abs_cell"][s]) == 2 and min(r["max_abs_cell"][s]) > 0 for s in ("valid", "test"))
+    assert all(len(base["max_abs_cell"][s]) == 2 for s in ("valid", "test"))
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # resumes: nothing to redo
     assert again.returncode == 0 and "started" not in again.stdout
@@ -616,3 +618,29 @@ def test_eval_windows_report_is_one_row_per_evaluation(tmp_path, bench_module):
     table = [line for line in (tmp_path / "a.md").read_text().splitlines() if line.startswith("| `a.json`")]
     assert len(table) == 2 and all("| tt_25x | valid | 4 | 0 |" in line for line in table)
     assert "| 2.0 | off | fused |" in table[1] and f"| {rows[0]['ppl']:.2f} |" in table[0]
+
+
+def test_evaluation_records_the_largest_carried_cell_state_per_layer(bench_module):
+    """evaluate_ppl's cell_max is the per-layer maximum of |c| over the windows (as eval_windows sees it), and asking
+    for it does not change the perplexity."""
+    from lmshrink.train.lm import evaluate_ppl
+
+    model, _ = compressed("tt", {"ratio": 3})
+    ids = torch.randint(0, 40, (700,), generator=torch.Generator().manual_seed(12))
+    cells: list = []
+    assert evaluate_ppl(model, ids, 4, 7, cell_max=cells) == evaluate_ppl(model, ids, 4, 7)
+    _, per_window = bench_module("eval_windows").window_losses(model, ids, 4, 7, "cpu")
+    assert len(cells) == 2 and cells == pytest.approx(per_window.max(0).values.tolist(), rel=1e-6)
+
+
+def test_report_names_a_run_whose_cell_state_ran_away(bench_module):
+    mod = bench_module("recurrent")
+    base = {"max_abs_cell": {"valid": [23.7, 33.3], "test": [26.4, 35.7]}}
+    run = {"label": "tt", "ratio_target": 25.0, "mode": "retrain", "valid_ppl": 281.2, "test_ppl": 150.7,
+           "max_abs_cell": {"valid": [3052.0, 3051.7], "test": [9.2, 26.3]}}
+    note = mod.runaway_note(run, base)
+    assert note.startswith("- tt @25x (retrain): a runaway cell") and "valid 3,052 against the dense model's 33.3" in note
+    assert "test" not in note.split("(valid ppl")[0].split("|c|")[1]  # only the split that ran away is named
+    assert mod.runaway_note({**run, "max_abs_cell": {"valid": [300.0, 1.0], "test": [9.2]}}, base) is None  # < 10x
+    assert mod.runaway_note({k: v for k, v in run.items() if k != "max_abs_cell"}, base) is None  # not recorded
+    assert mod.runaway_note(run, {}) is None

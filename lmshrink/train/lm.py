@@ -63,12 +63,15 @@ def autocast_for(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt: int = 35,
-                 device: str | torch.device = "cpu", precision: str = "fp32", fused: bool = True) -> float:
+                 device: str | torch.device = "cpu", precision: str = "fp32", fused: bool = True,
+                 cell_max: list | None = None) -> float:
     """Perplexity of ``model`` on a 1-D id stream, hidden state carried across windows.
 
     Zaremba et al. report test perplexity at batch 1 (``eval_config``); batch 1 with carried state
     equals their one-step evaluation up to rounding. ``fused`` runs compressed LSTM layers through the
     fused kernel on their rebuilt dense weights (``models.lstm_lm.fused_lstm``): the same function, faster.
+    ``cell_max``, a list, receives the largest |c| each LSTM layer carried out of a window: a runaway
+    cell (``LSTMLanguageModel.cell_clip``) shows there long before it shows in an average.
     """
     from ..models.lstm_lm import fused_lstm
 
@@ -79,12 +82,18 @@ def evaluate_ppl(model: nn.Module, ids: torch.Tensor, batch_size: int = 10, bptt
     state = model.init_state(batch_size, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
+    peak = None  # (L,) on the device: no sync per window
     with autocast_for(device, precision), fused_lstm(model, fused):
         for inputs, targets in bptt_windows(data, bptt):
             logits, state = model(inputs, state)
             total += lm_loss(logits, targets).double() * targets.numel()
             count += targets.numel()
+            if cell_max is not None:
+                now = torch.stack([c.detach().abs().max().float() for _, c in state])
+                peak = now if peak is None else torch.maximum(peak, now)
     model.train(was_training)
+    if cell_max is not None and peak is not None:
+        cell_max[:] = [float(v) for v in peak]
     mean = float(total) / count
     if not math.isfinite(mean):
         raise LmshrinkError("evaluation loss is NaN or inf: the model's weights are broken")
