@@ -12,6 +12,8 @@ GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupr
 ``--bag-lookup`` also times each GroupReduce model with its embedding lookup as one weighted ``embedding_bag``
 (``layer.lookup = "bag"``, :func:`lmshrink.layers.block_low_rank.set_lookup`) instead of scatter + GEMM, as rows
 ``groupreduce[bag]`` etc. in the same rounds.
+``--float-int4`` also times each 4-bit quantized model with torch's int4 CPU kernel off (our dequantize-a-chunk
+path), as rows ``quantize-4bit[float]`` etc. in the same rounds.
 ``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
 (``lm_tokens_per_second(cuda_graph=True)``), as rows ``dense[graph]``, ``groupreduce[graph]``,
 ``groupreduce[g2][graph]`` etc. in the same interleaved rounds; their speed-up is against ``dense[graph]`` (graph vs
@@ -44,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
+from lmshrink.layers import quantized
 from lmshrink.layers.block_low_rank import set_group_gemms, set_lookup  # noqa: E402
 from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
@@ -138,6 +141,9 @@ def main(argv=None) -> int:
                     help="also time GroupReduce models with their block softmax as at most N batched GEMMs, one row per N")
     ap.add_argument("--bag-lookup", action="store_true",
                     help="also time GroupReduce models with their embedding lookup as one weighted embedding_bag (rows NAME[bag])")
+    ap.add_argument("--float-int4", action="store_true",
+                    help="also time 4-bit quantized models with torch's int4 CPU kernel off, i.e. our dequantize-a-chunk "
+                         "path (rows NAME[float]; lmshrink.layers.quantized.INT4_CPU_KERNEL)")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="on CUDA devices also time every row as CUDA graph replays (rows NAME[graph], compared with "
                          "dense[graph]); skipped on CPU")
@@ -185,10 +191,13 @@ def main(argv=None) -> int:
     # its plain row, the knobs set before each timing
     knobs: dict[str, dict] = {}
 
+    int4_default = quantized.INT4_CPU_KERNEL
+
     def set_knobs(model, row: str) -> None:
         k = knobs.get(row, {})
         set_group_gemms(model, k.get("group_gemms"))
         set_lookup(model, k.get("lookup", "scatter"))
+        quantized.INT4_CPU_KERNEL = k.get("int4", int4_default)
 
     graphed = set()  # rows timed as CUDA graph replays (--cuda-graph), on CUDA devices only
     rows = {"dense": {"method": "dense", "config": None, "vocab_ratio": 1.0, "compress_s": 0.0}}
@@ -207,6 +216,10 @@ def main(argv=None) -> int:
             models[f"{name}, rebuilt dense"] = model
             rows[f"{name}, rebuilt dense"] = {**rows[name], "method": f"{name}, rebuilt dense", "fused": True}
             fused.add(f"{name}, rebuilt dense")
+        if args.float_int4 and any(isinstance(m, quantized.PackedMatrix) and m.nbits == 4 for m in model.modules()):
+            models[f"{name}[float]"] = model  # the same model, the int4 kernel off while it is timed
+            rows[f"{name}[float]"] = {**rows[name], "method": f"{name}[float]", "int4_kernel": False}
+            knobs[f"{name}[float]"] = {"int4": False}
         if set_group_gemms(model, None):  # a GroupReduce model (or one built on it): rows with grouped GEMMs
             for g in group_gemms:
                 models[f"{name}[g{g}]"] = model

@@ -70,7 +70,8 @@ EXAMPLES: dict[str, list[Example]] = {
         Example({"density": 0.4}, targets=LSTM_MAPS, max_rel_err=0.7),
     ],
     "quantize": [
-        Example({"bits": 4}, max_rel_err=0.08, impossible={"ratio": 40}),
+        # 4 bits run on CPU through torch's int4 kernel, whose activations are bfloat16 (test_quantize.py has its checks)
+        Example({"bits": 4}, max_rel_err=0.08, impossible={"ratio": 40}, fast_atol=2e-3),
         Example({"ratio": 5}, tie=True, max_rel_err=0.03),
         Example({"bits": 3, "group_size": 16}, targets=LSTM_MAPS, max_rel_err=0.2),
         Example({"ratio": 16, "bits": 8, "base": {"method": "groupreduce", "num_blocks": 4}}, tie=True,

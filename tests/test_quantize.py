@@ -241,3 +241,61 @@ def test_plan_bits_then_quantize_model_meets_the_ratio():
     assert m.encoder.nbits is None  # float factors, trainable
     quantize_model_(m, 8, 128)
     assert 26 <= V * 64 * 32 / m.encoder.bits() < 26 * 1.25
+
+
+# --------------------------------------------------------------------------- torch's int4 CPU kernel (inference)
+@pytest.mark.parametrize("rows,cols,group_size", [(48, 256, 128), (37, 200, 128), (16, 64, 32), (20, 300, None),
+                                                   (33, 1000, None)])
+def test_int4_kernel_matches_the_float_path_to_bfloat16_rounding(rows, cols, group_size, monkeypatch):
+    """4-bit matrices on CPU go through torch's int4 kernel: any row count (padded to its tile of 16), any group width
+    (ours padded to the kernel's 32-256), zero inputs over the padding; bfloat16 activations, so within 1% of the
+    float path, and exactly the float path when the kernel is off."""
+    from lmshrink.layers import quantized as Q
+
+    g = torch.Generator().manual_seed(rows + cols)
+    m = Q.PackedMatrix(rows, cols, 4, group_size).set_(0.1 * torch.randn(rows, cols, generator=g))
+    x = torch.randn(3, 5, cols, generator=g)
+    with torch.no_grad():
+        monkeypatch.setattr(Q, "INT4_CPU_KERNEL", False)
+        slow = m.matmul_t(x)
+        assert torch.allclose(slow, x @ m.dequantize().t(), atol=1e-5)
+        monkeypatch.setattr(Q, "INT4_CPU_KERNEL", True)
+        assert m.int4_kernel_ready()
+        fast = m.matmul_t(x)
+    assert fast.shape == slow.shape == (3, 5, rows) and fast.dtype == torch.float32
+    assert float((fast - slow).norm() / slow.norm()) < 0.01
+    assert not any("int4" in k for k in m.state_dict())  # a runtime operand, never saved
+
+
+def test_int4_kernel_operands_follow_the_codes_and_scales(monkeypatch):
+    from lmshrink.layers import quantized as Q
+
+    monkeypatch.setattr(Q, "INT4_CPU_KERNEL", True)
+    g = torch.Generator().manual_seed(2)
+    m = Q.PackedMatrix(32, 128, 4, 64).set_(torch.randn(32, 128, generator=g))
+    x = torch.randn(4, 128, generator=g)
+    with torch.no_grad():
+        before = m.matmul_t(x)
+        m.set_(-torch.randn(32, 128, generator=g))  # new codes and scales: the cached operands must not survive
+        after = m.matmul_t(x)
+        assert float((after - x @ m.dequantize().t()).norm() / after.norm()) < 0.01
+        assert not torch.allclose(before, after, atol=1e-2)
+        m.qparams.mul_(2)  # scales alone (as retraining them would)
+        assert float((m.matmul_t(x) - 2 * after).norm() / after.norm()) < 0.02
+
+
+def test_quantized_linear_steps_through_the_int4_kernel_at_inference_only(monkeypatch):
+    """An LSTM's hh map: per step through the kernel at inference (no float W per sequence), the float path while
+    its scales train."""
+    from lmshrink.layers import quantized as Q
+
+    monkeypatch.setattr(Q, "INT4_CPU_KERNEL", True)
+    layer = Q.QuantizedLinear(64, 96, bits=4, group_size=32)
+    layer.weight_q.set_(torch.randn(96, 64, generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        step = layer.step_fn()
+        assert torch.equal(step(x), layer(x))
+    step = layer.step_fn()  # grad on, trainable scales: float W once per sequence, differentiable
+    y = step(x)
+    assert y.requires_grad and torch.allclose(y, x @ layer.dense_weight().t() + layer.bias, atol=1e-4)
