@@ -262,8 +262,10 @@ def test_int4_kernel_matches_the_float_path_to_bfloat16_rounding(rows, cols, gro
         monkeypatch.setattr(Q, "INT4_CPU_KERNEL", True)
         assert m.int4_kernel_ready()
         fast = m.matmul_t(x)
+        exact = m.matmul_t(x.double())  # float64 in: the float path, float64 precision
     assert fast.shape == slow.shape == (3, 5, rows) and fast.dtype == torch.float32
     assert float((fast - slow).norm() / slow.norm()) < 0.01
+    assert exact.dtype == torch.float64 and torch.allclose(exact, x.double() @ m.dequantize(torch.float64).t(), atol=1e-9)
     assert not any("int4" in k for k in m.state_dict())  # a runtime operand, never saved
 
 

@@ -47,6 +47,8 @@ CHUNK_ELEMENTS = 1 << 17  # weights dequantized at once on CPU: 512 KiB of float
 # wide): it reads the 4-bit codes straight into its dot products, where our generic path writes a float chunk first. Its activations and outputs are bfloat16, so results differ from the float path by bfloat16 rounding;
 # ``INT4_CPU_KERNEL = False`` (or the environment's ``LMSHRINK_INT4_KERNEL=0``) turns it off.
 INT4_GROUP_WIDTHS = (32, 64, 128, 256)
+INT4_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_HAS_INT4_KERNEL = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")  # looked up once: it sits on a per-step path
 INT4_CPU_KERNEL = os.environ.get("LMSHRINK_INT4_KERNEL", "1") != "0"
 
 
@@ -103,7 +105,7 @@ class PackedMatrix(nn.Module):
         if x.device.type != "cpu" or (torch.is_grad_enabled() and self.qparams.requires_grad):
             return x @ self.dequantize(dt).t()
         x2 = x.reshape(-1, self.cols)
-        if self.int4_kernel_ready():
+        if self.int4_kernel_ready() and dt in INT4_INPUT_DTYPES:  # float64 callers keep float64 precision
             return self._matmul_t_int4(x2, dt).view(*x.shape[:-1], self.rows)
         step = max(1, CHUNK_ELEMENTS // max(1, self.ngroups * self.g))
         outs = [x2 @ self._dequant(self.codes[r:r + step], self.qparams[r:r + step], dt).t()
@@ -112,7 +114,7 @@ class PackedMatrix(nn.Module):
 
     def int4_kernel_ready(self) -> bool:
         """Whether ``matmul_t`` may take torch's int4 CPU kernel here (4-bit codes; ``INT4_CPU_KERNEL``)."""
-        return INT4_CPU_KERNEL and self.nbits == 4 and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+        return INT4_CPU_KERNEL and self.nbits == 4 and _HAS_INT4_KERNEL
 
     def _int4_widths(self) -> tuple[int, int]:
         """(kernel group width, our group width padded to a multiple of it). The kernel groups are 32-256 wide; ours
@@ -225,7 +227,7 @@ class QuantizedLinear(PackedLayer):
         # torch's int4 kernel takes the codes as they are (CPU, inference): then every step reads 4 bits a weight.
         q = self.weight_q
         if q.int4_kernel_ready() and q.codes.device.type == "cpu" and not (torch.is_grad_enabled() and q.qparams.requires_grad):
-            return self.forward
+            return self.forward  # matmul_t still takes the float path for float64 inputs
         W, b = q.dequantize(), self.bias
         return lambda x: F.linear(x, W.to(x.dtype), None if b is None else b.to(x.dtype))
 
