@@ -906,6 +906,7 @@ def test_cli_compress_then_eval_and_info_show_the_dense_source(tmp_path, monkeyp
     side = res["side_by_side"]
     assert side["dense"]["test_ppl"] == pytest.approx(dense["test_ppl"], rel=1e-6)
     assert side["compressed"]["bits"] < side["dense"]["bits"] and side["compressed"]["bytes_on_disk"] == bytes_on_disk(c)["total"]
+    assert side["dense"]["tokens_per_s"] > 0 and side["compressed"]["tokens_per_s_vs_dense"] > 0  # timed in paired rounds
 
     ev = json.loads(run_cli(capsys, "eval", c, "--data", root, "--device", "cpu", "--json")[1])
     assert ev["dense"]["test_ppl"] == pytest.approx(dense["test_ppl"], rel=1e-6)
@@ -1148,6 +1149,12 @@ def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():
     assert len(w) == 2 and "not smaller on disk" in w[0] and "(1,000 vs 1,000 bytes)" in w[0]
     assert "0.80x its dense source's tokens/s on cuda" in w[1]
     assert shrink_warnings({"dense": {}, "compressed": {"bytes_on_disk": 5}}) == []  # nothing measured: no verdict
+    # the paired ratio of interleaved rounds, where `compress` measured one, decides over the two medians
+    paired = {"dense": {"tokens_per_s": 100.0}, "compressed": {"tokens_per_s": 100.0, "tokens_per_s_vs_dense": 0.85}}
+    assert shrink_warnings(paired) == ["the compressed model ran at 0.85x its dense source's tokens/s on cpu here "
+                                       "(median of interleaved rounds; `benchmarks/speed.py` times methods side by side)"]
+    paired["compressed"]["tokens_per_s_vs_dense"] = 0.95
+    assert shrink_warnings(paired) == []
 
 
 def test_finetune_of_a_pruned_model_resumes_from_its_training_form_checkpoint(pattern_corpus, tmp_path):
