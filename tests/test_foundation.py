@@ -1151,8 +1151,9 @@ def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():
     assert shrink_warnings({"dense": {}, "compressed": {"bytes_on_disk": 5}}) == []  # nothing measured: no verdict
     # the paired ratio of interleaved rounds, where `compress` measured one, decides over the two medians
     paired = {"dense": {"tokens_per_s": 100.0}, "compressed": {"tokens_per_s": 100.0, "tokens_per_s_vs_dense": 0.85}}
-    assert shrink_warnings(paired) == ["the compressed model ran at 0.85x its dense source's tokens/s on cpu here "
-                                       "(median of interleaved rounds; `benchmarks/speed.py` times methods side by side)"]
+    want = ("the compressed model ran at 0.85x its dense source's tokens/s on cpu here "
+            "(median of interleaved rounds; `benchmarks/speed.py` times methods side by side)")
+    assert shrink_warnings(paired) == [want]
     paired["compressed"]["tokens_per_s_vs_dense"] = 0.95
     assert shrink_warnings(paired) == []
 
