@@ -301,3 +301,24 @@ def test_quantized_linear_steps_through_the_int4_kernel_at_inference_only(monkey
     step = layer.step_fn()  # grad on, trainable scales: float W once per sequence, differentiable
     y = step(x)
     assert y.requires_grad and torch.allclose(y, x @ layer.dense_weight().t() + layer.bias, atol=1e-4)
+
+
+def test_int4_kernel_path_works_on_tensors_made_in_inference_mode(monkeypatch):
+    """Inference tensors keep no version counter: a matrix built, used and re-set inside inference mode still
+    gets operands that follow its codes (set_ drops them)."""
+    from lmshrink.layers import quantized as Q
+
+    monkeypatch.setattr(Q, "INT4_CPU_KERNEL", True)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 64, generator=g)
+    with torch.inference_mode():
+        m = Q.PackedMatrix(32, 64, 4, 32).set_(torch.randn(32, 64, generator=g))
+        first = m.matmul_t(x)
+        assert float((first - x @ m.dequantize().t()).norm() / first.norm()) < 0.01
+        m.set_(torch.randn(32, 64, generator=g))
+        second = m.matmul_t(x)
+        assert float((second - x @ m.dequantize().t()).norm() / second.norm()) < 0.01
+        twin = Q.PackedMatrix(32, 64, 4, 32)
+        twin.matmul_t(x)  # operands of its empty codes, which loading must drop
+        twin.load_state_dict(m.state_dict())
+        assert torch.equal(twin.matmul_t(x), second)

@@ -78,7 +78,13 @@ class PackedMatrix(nn.Module):
         q, params = quantize_groups(x.reshape(self.rows, self.ngroups, self.g), self.nbits)
         self.codes.copy_(pack_codes(q, self.nbits).to(self.codes.device))
         self.qparams.copy_(params.to(self.qparams.device))
+        self.__dict__.pop("_int4_cache", None)
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # loading writes codes/qparams in place; under inference mode no version counter would record it
+        self.__dict__.pop("_int4_cache", None)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _dequant(self, codes: torch.Tensor, qparams: torch.Tensor, dtype) -> torch.Tensor:
         # codes (n, G, bytes), qparams (n, G, 2) -> (n, cols)
@@ -129,7 +135,10 @@ class PackedMatrix(nn.Module):
         are padded to a multiple of 16 (the kernel's tile) with zero codes and zero scales; column ``j`` of the input
         goes to ``positions[j]`` of the kernel's (padded) columns. 4 bits a weight (plus the padding), a second
         compact copy while the model is used on CPU, never a float one; kept out of ``state_dict``."""
-        key = (self.codes._version, self.qparams._version, self.codes.data_ptr(), self.qparams.data_ptr())
+        # in-place changes outside set_/loading (an optimizer step on the scales) show in the version counters;
+        # inference tensors have none, and set_/loading drop the cache themselves
+        key = tuple(None if t.is_inference() else t._version for t in (self.codes, self.qparams)) + (
+            self.codes.data_ptr(), self.qparams.data_ptr())
         cached = self.__dict__.get("_int4_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
