@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,6 @@ def paired_speed(dense, compressed, vocab_size: int, device: torch.device, round
     """tokens/s of a dense model and its compressed twin timed in interleaved rounds (dense, compressed, dense, ...):
     the median of each and the median of the per-round ratios. Why: one timing each, minutes apart (compression and
     retraining run in between), let the demo's ratio wander from 1.7x to 2.4x between runs of the same models."""
-    import statistics
-
     d, c = [], []
     for _ in range(rounds):
         d.append(speed_of(dense, vocab_size, device)["tokens_per_s"])
@@ -165,12 +164,12 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
         if c is not None:
             side[key]["test_ppl"] = evaluate_ppl(m, c.splits["test"], 1 if dev.type == "cpu" else 10, recipe.bptt, dev)
 
-    dense_twin = None
     if evaluate:
         measure(model, "dense")
-        dense_twin = copy.deepcopy(model).cpu()  # timed beside the compressed model at the end (paired_speed)
     side["dense"]["bytes_on_disk"] = bytes_on_disk(model_dir)["total"]
     model = model.cpu()
+    # copied on the CPU (not on the device measure() used): timed beside the compressed model at the end
+    dense_twin = copy.deepcopy(model) if evaluate else None
     t0 = time.monotonic()
     report = compress_(model, plan, stats=stats)
     compress_s = time.monotonic() - t0
