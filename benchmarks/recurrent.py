@@ -263,12 +263,7 @@ def run_one(spec: dict) -> dict:
     signal.setitimer(signal.ITIMER_REAL, 0)
     packed = finalize(model)
     model.eval()
-    cells = {"valid": [], "test": []}
-    result["valid_ppl"] = evaluate_ppl(model, corpus.splits["valid"], spec["eval_batch"], recipe.bptt, device,
-                                       cell_max=cells["valid"])
-    result["test_ppl"] = evaluate_ppl(model, corpus.splits["test"], spec["eval_batch"], recipe.bptt, device,
-                                      cell_max=cells["test"])
-    result["max_abs_cell"] = cells  # per layer, the largest carried |c| (runaway_note)
+    result.update(evaluate_splits(model, corpus, spec["eval_batch"], recipe.bptt, device))
     model_dir = run_dir / "model"
     save_model_dir(model.cpu(), model_dir, vocab=corpus.vocab,
                    extra={"benchmark": "recurrent", "run": spec["key"], "test_ppl": result["test_ppl"]})
@@ -315,21 +310,25 @@ def ensure_baseline(args, corpus, recipe, group: str, work: Path, deadline) -> P
     return bdir
 
 
+def evaluate_splits(model, corpus, batch: int, bptt: int, device) -> dict:
+    """valid and test perplexity, and per layer the largest carried |c| on each (``max_abs_cell``, runaway_note):
+    how every model of a run, dense or compressed, is evaluated."""
+    from lmshrink.train.lm import evaluate_ppl
+
+    cells = {"valid": [], "test": []}
+    ppl = {f"{s}_ppl": evaluate_ppl(model, corpus.splits[s], batch, bptt, device, cell_max=cells[s]) for s in cells}
+    return {**ppl, "max_abs_cell": cells}
+
+
 def evaluate_baseline(args, corpus, recipe, bdir: Path, group: str) -> dict:
     from lmshrink.io import load_model_dir
-    from lmshrink.train.lm import evaluate_ppl
 
     model, manifest = load_model_dir(bdir, device=args.device)
     check(manifest.get("vocab_sha256") in (None, corpus.vocab.fingerprint()),
           f"baseline {bdir} was trained on another vocabulary than {args.corpus}")
     check(not manifest.get("compressed_layers"), f"baseline {bdir} is already compressed")
-    cells = {"valid": [], "test": []}
     res = {"group": group, "model_dir": str(bdir), "architecture": manifest["architecture"],
-           "valid_ppl": evaluate_ppl(model, corpus.splits["valid"], args.eval_batch, recipe.bptt, args.device,
-                                     cell_max=cells["valid"]),
-           "test_ppl": evaluate_ppl(model, corpus.splits["test"], args.eval_batch, recipe.bptt, args.device,
-                                    cell_max=cells["test"]),
-           "max_abs_cell": cells,
+           **evaluate_splits(model, corpus, args.eval_batch, recipe.bptt, args.device),
            "train_wall_s": manifest.get("train_wall_s"), "history": manifest.get("history"),
            "lstm_bytes_on_disk": tensor_bytes_on_disk(bdir, "rnn."),
            "model_weights_bytes_on_disk": (bdir / "model.safetensors").stat().st_size,
