@@ -135,19 +135,36 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    from lmshrink.errors import LmshrinkError
 
+    try:
+        return evaluate(args)
+    except LmshrinkError as e:  # a missing or corrupt model directory, an unknown corpus: one line, as lmshrink says it
+        print(f"eval_windows.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def evaluate(args) -> int:
     from lmshrink.data import load_corpus
-    from lmshrink.io import load_model_dir
+    from lmshrink.errors import LmshrinkError, check
+    from lmshrink.io import load_model_dir, read_manifest
     from lmshrink.train.lm import resolve_device
 
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+        resets = [int(r) for r in args.reset_every.split(",")]
+        clips = [float(c) for c in args.cell_clips.split(",")]
+    except ValueError as e:
+        raise LmshrinkError(f"--batches, --reset-every and --cell-clips take comma lists of numbers ({e})") from None
+    check(all(b > 0 for b in batches) and all(r >= 0 for r in resets) and all(c >= 0 for c in clips),
+          "--batches must be positive, --reset-every and --cell-clips non-negative (0: off)")
+    for model_dir in args.models:  # a wrong directory is reported before the corpus is read
+        read_manifest(model_dir)
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
     corpus = load_corpus(args.corpus, args.data)
-    batches = [int(b) for b in args.batches.split(",")]
-    resets = [int(r) for r in args.reset_every.split(",")]
-    clips = [float(c) for c in args.cell_clips.split(",")]
     out = {"benchmark": "eval_windows", "args": vars(args), "models": {}}
     for model_dir in args.models:
         model, manifest = load_model_dir(model_dir, device=device)

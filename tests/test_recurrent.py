@@ -644,3 +644,15 @@ def test_report_names_a_run_whose_cell_state_ran_away(bench_module):
     assert mod.runaway_note({**run, "max_abs_cell": {"valid": [300.0, 1.0], "test": [9.2]}}, base) is None  # < 10x
     assert mod.runaway_note({k: v for k, v in run.items() if k != "max_abs_cell"}, base) is None  # not recorded
     assert mod.runaway_note(run, {}) is None
+
+
+def test_eval_windows_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, bench_module):
+    mod = bench_module("eval_windows")
+    out = tmp_path / "w.json"
+    for args, msg in (([str(tmp_path / "none")], "does not exist"),
+                      ([str(tmp_path), "--batches", "x"], "take comma lists of numbers"),
+                      ([str(tmp_path), "--batches", "0"], "--batches must be positive")):
+        assert mod.main(args + ["--data", str(tmp_path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("eval_windows.py: error: ") and msg in err and "\n" not in err
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
