@@ -12,6 +12,10 @@ GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupr
 ``--bag-lookup`` also times each GroupReduce model with its embedding lookup as one weighted ``embedding_bag``
 (``layer.lookup = "bag"``, :func:`lmshrink.layers.block_low_rank.set_lookup`) instead of scatter + GEMM, as rows
 ``groupreduce[bag]`` etc. in the same rounds.
+``--blocks-path`` also times each GroupReduce model with its block-diagonal inference path off (``layer.blockdiag =
+"off"``, :func:`lmshrink.layers.block_low_rank.set_blockdiag`: per-block softmax GEMMs and the scatter lookup), as rows
+``groupreduce[blocks]`` etc.; the plain rows run the default (``"auto"``: block-diagonal on CUDA where it is smaller
+than dense). The JSON records the block-diagonal operands' bytes per device (``{dev}_blockdiag_cache_bytes``).
 ``--float-int4`` also times each 4-bit quantized model with torch's int4 CPU kernel off (our dequantize-a-chunk
 path), as rows ``quantize-4bit[float]`` etc. in the same rounds.
 ``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
@@ -47,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
 from lmshrink.layers import quantized
-from lmshrink.layers.block_low_rank import set_group_gemms, set_lookup  # noqa: E402
+from lmshrink.layers.block_low_rank import _BlockLowRank, set_blockdiag, set_group_gemms, set_lookup  # noqa: E402
 from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
@@ -89,6 +93,8 @@ def write_table(out_json: str) -> str:
     head = ["method", f"ratio ({what})", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
     parts = [d for d in devices if f"{d}_ms_parts" in rows[0]]  # --breakdown
     head += [f"{d} ms {p}" for d in parts for p in ("encoder", "rnn", "decoder")]
+    caches = [d for d in devices if any(f"{d}_blockdiag_cache_bytes" in r for r in rows)]
+    head += [f"{d} block-diagonal cache MiB" for d in caches]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
@@ -97,6 +103,7 @@ def write_table(out_json: str) -> str:
         cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" if f"{d}_tokens_per_s" in r else "" for d in devices]
         cells += [f"{r[f'{d}_ms_parts'][p]:.3f}" if f"{d}_ms_parts" in r else "" for d in parts
                   for p in ("encoder", "rnn", "decoder")]
+        cells += [f"{r[f'{d}_blockdiag_cache_bytes'] / 2**20:.1f}" if f"{d}_blockdiag_cache_bytes" in r else "" for d in caches]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
@@ -141,6 +148,8 @@ def main(argv=None) -> int:
                     help="also time GroupReduce models with their block softmax as at most N batched GEMMs, one row per N")
     ap.add_argument("--bag-lookup", action="store_true",
                     help="also time GroupReduce models with their embedding lookup as one weighted embedding_bag (rows NAME[bag])")
+    ap.add_argument("--blocks-path", action="store_true",
+                    help="also time GroupReduce models with the block-diagonal inference path off (rows NAME[blocks])")
     ap.add_argument("--float-int4", action="store_true",
                     help="also time 4-bit quantized models with torch's int4 CPU kernel off, i.e. our dequantize-a-chunk "
                          "path (rows NAME[float]; lmshrink.layers.quantized.INT4_CPU_KERNEL)")
@@ -179,9 +188,14 @@ def main(argv=None) -> int:
     def batch(dev: str) -> int:
         return setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
 
-    def speed(model, dev, fused=False, cuda_graph=False):
+    cache_bytes: dict[tuple[str, str], int] = {}  # (row, device) -> bytes of block-diagonal operands built there
+
+    def speed(model, dev, fused=False, cuda_graph=False, row=None):
         r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused,
                                  cuda_graph=cuda_graph)["tokens_per_s"]
+        # before .cpu(), which drops them
+        cache_bytes[(row, dev)] = sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, _BlockLowRank)
+                                      for k, t in m._bcache.items() if k != "key")
         model.cpu()
         return r
 
@@ -197,6 +211,7 @@ def main(argv=None) -> int:
         k = knobs.get(row, {})
         set_group_gemms(model, k.get("group_gemms"))
         set_lookup(model, k.get("lookup", "scatter"))
+        set_blockdiag(model, k.get("blockdiag", "auto"))
         quantized.INT4_CPU_KERNEL = k.get("int4", int4_default)
 
     graphed = set()  # rows timed as CUDA graph replays (--cuda-graph), on CUDA devices only
@@ -225,6 +240,10 @@ def main(argv=None) -> int:
                 models[f"{name}[g{g}]"] = model
                 rows[f"{name}[g{g}]"] = {**rows[name], "method": f"{name}[g{g}]", "group_gemms": g}
                 knobs[f"{name}[g{g}]"] = {"group_gemms": g}
+            if args.blocks_path:
+                models[f"{name}[blocks]"] = model
+                rows[f"{name}[blocks]"] = {**rows[name], "method": f"{name}[blocks]", "blockdiag": "off"}
+                knobs[f"{name}[blocks]"] = {"blockdiag": "off"}
             if args.bag_lookup:
                 models[f"{name}[bag]"] = model
                 rows[f"{name}[bag]"] = {**rows[name], "method": f"{name}[bag]", "lookup": "bag"}
@@ -250,13 +269,15 @@ def main(argv=None) -> int:
         for k in range(args.rounds):
             for n in timed:
                 set_knobs(models[n], n)
-                per_round[n].append(speed(models[n], d, n in fused, n in graphed))
+                per_round[n].append(speed(models[n], d, n in fused, n in graphed, n))
             print(f"{d} round {k + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
         for n in timed:
             ref = per_round["dense[graph]" if n in graphed else "dense"]
             rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
             rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], ref))
             rows[n][f"{d}_rounds"] = per_round[n]
+            if cache_bytes.get((n, d)):
+                rows[n][f"{d}_blockdiag_cache_bytes"] = cache_bytes[(n, d)]
         if args.breakdown:  # after the whole-model rounds, so it never disturbs them
             for n, model in models.items():
                 if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's

@@ -12,7 +12,7 @@ import copy
 import pytest
 import torch
 
-from lmshrink.layers.block_low_rank import set_lookup
+from lmshrink.layers.block_low_rank import set_blockdiag, set_lookup
 from test_methods import CASES, EXAMPLES, assert_gradients_reach, compressed, ids
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32"),
@@ -28,10 +28,45 @@ def test_gpu_logits_match_cpu(name, i):
         want, _ = model.eval()(x)
         gpu = copy.deepcopy(model).cuda().eval()
         got, _ = gpu(x.cuda())
-        torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+        # the row's own tolerance: 4-bit CPU logits come from torch's int4 kernel (bfloat16 activations), the GPU's
+        # from the float path
+        torch.testing.assert_close(got.cpu(), want, atol=ex.fast_atol, rtol=1e-4)
         if set_lookup(gpu, "bag"):  # GroupReduce rows: the embedding_bag lookup on CUDA as well
             got, _ = gpu(x.cuda())
             torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+            set_lookup(gpu, "scatter")
+            for mode in ("on", "off"):  # and the block-diagonal path forced on and off, whatever "auto" picks
+                set_blockdiag(gpu, mode)
+                got, _ = gpu(x.cuda())
+                torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_blockdiag_auto_taken_on_cuda_where_it_is_smaller_than_dense():
+    from lmshrink.layers.block_low_rank import BlockLowRankEmbedding, BlockLowRankLinear
+
+    g = torch.Generator().manual_seed(0)
+    sizes, ranks, V, D = [60, 140], [9, 4], 200, 64  # sum r = 13 -> 16 < D: "auto" takes the path on CUDA with TF32
+    torch.backends.cuda.matmul.allow_tf32 = True  # the exact_fp32 fixture restores it
+    for cls in (BlockLowRankLinear, BlockLowRankEmbedding):
+        layer = cls(V, D, sizes, ranks)
+        layer.set_factors(torch.randperm(V, generator=g), [torch.randn(n, r, generator=g) for n, r in zip(sizes, ranks)],
+                          [torch.randn(r, D, generator=g) for r in ranks])
+        x = torch.randn(5, D, generator=g) if cls is BlockLowRankLinear else torch.randint(0, V, (5, 3), generator=g)
+        with torch.no_grad():
+            want = layer(x)
+            assert not layer._bcache
+            layer.cuda()
+            got = layer(x.cuda())
+            assert layer._bcache["Ubd"].shape == (V, 16) and layer._bcache["Ubd"].is_cuda
+            torch.testing.assert_close(got.cpu(), want, atol=3e-3 * float(want.abs().max()), rtol=0)  # TF32 GEMMs
+            layer.cpu()
+            assert not layer._bcache  # the GPU operands leave with the model
+            torch.backends.cuda.matmul.allow_tf32 = False  # true fp32: the block path's fewer multiply-adds win
+            layer.cuda()
+            layer(x.cuda())
+            assert not layer._bcache
+            torch.backends.cuda.matmul.allow_tf32 = True
+            layer.cpu()
 
 
 @pytest.mark.parametrize("name,i", CASES)

@@ -318,14 +318,19 @@ def handmade_layer(bias: bool, bits: int | None = None):
     return layer
 
 
+def softmax_case(bias: bool, bits: int | None):
+    """(handmade layer, h (3, 4, D), the dense reference ``h W^T + b``, its largest magnitude for tolerances)."""
+    layer = handmade_layer(bias, bits)
+    h = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1))
+    want = h @ layer.dense_weight().t() + (layer.bias if bias else 0)
+    return layer, h, want, float(want.abs().max())
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("bits", [None, 8])
 def test_grouped_softmax_equals_per_block_and_dense(bias, bits):
     """Every grouping gives the per-block logits and ``h W^T + b`` (the zero padding of U and of Z must not leak)."""
-    layer = handmade_layer(bias, bits)
-    h = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(1))
-    want = h @ layer.dense_weight().t() + (layer.bias if bias else 0)
-    scale = float(want.abs().max())
+    layer, h, want, scale = softmax_case(bias, bits)
     with torch.no_grad():
         per_block = layer(h)
         for G in (1, 2, 3, 5, 8):
@@ -338,15 +343,20 @@ def test_grouped_softmax_equals_per_block_and_dense(bias, bits):
             torch.testing.assert_close(layer(h), want, atol=1e-5 * scale, rtol=0)
 
 
-def test_grouped_cache_follows_the_factors():
+@pytest.mark.parametrize("knob,value", [("group_gemms", 2), ("blockdiag", "on")])
+def test_inference_caches_follow_the_factors(knob, value):
+    """The grouped and the block-diagonal paths cache operands derived from U, V, the bias and ``word_pos``: every
+    change to those must show up in the next output."""
     layer = handmade_layer(True)
-    layer.group_gemms = 2
+    setattr(layer, knob, value)
     h = torch.randn(5, 16)
     with torch.no_grad():
         layer(h)
         layer.U.mul_(2)  # in place: bumps U's version
         torch.testing.assert_close(layer(h), h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
         layer.bias.add_(1)
+        torch.testing.assert_close(layer(h), h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
+        layer.V.add_(0.5)
         torch.testing.assert_close(layer(h), h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
         before = layer(h)
         sizes, ranks = layer.block_sizes, layer.ranks
@@ -357,7 +367,7 @@ def test_grouped_cache_follows_the_factors():
         torch.testing.assert_close(got, h @ layer.dense_weight().t() + layer.bias, atol=1e-4, rtol=1e-5)
         assert not torch.allclose(got, before, atol=1e-2)
     q = handmade_layer(False, bits=8)  # packed: requantizing must show up in the output (no stale cache)
-    q.group_gemms = 3
+    setattr(q, knob, value)
     with torch.no_grad():
         q(h)
         U, _ = q.factors()
@@ -506,3 +516,104 @@ def test_groupreduce_q_models_saved_before_layouts_load_padded_with_the_same_out
     assert loaded.encoder.layout == "padded"
     assert loaded.decoder.layout == ("padded" if quantize_softmax else None)
     assert loaded.decoder.spec() == m.decoder.spec()
+
+
+def handmade_embedding(bits: int | None = None):
+    from lmshrink.layers.block_low_rank import BlockLowRankEmbedding
+
+    g = torch.Generator().manual_seed(8)
+    sizes, ranks, V, D = [30, 50, 20, 40, 25], [5, 12, 3, 7, 7], 165, 16
+    layer = BlockLowRankEmbedding(V, D, sizes, ranks, bits=bits)
+    layer.set_factors(torch.randperm(V, generator=g), [torch.randn(n, r, generator=g) for n, r in zip(sizes, ranks)],
+                      [torch.randn(r, D, generator=g) for r in ranks])
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_blockdiag_path_equals_per_block_and_dense(bias, bits):
+    """The block-diagonal softmax and lookup give ``h W^T + b`` and W's rows: the zero columns of Ubd (other
+    blocks' ranks, the ALIGN padding) and the zero rows of Vp must not leak, and logits come out in vocabulary order."""
+    layer, h, want, scale = softmax_case(bias, bits)
+    with torch.no_grad():
+        per_block = layer(h)
+        layer.blockdiag = "on"
+        got = layer(h)
+        assert layer._bcache["Ubd"].shape == (165, 40)  # sum r = 34 rounded up to ALIGN
+        assert got.shape == (3, 4, 165)
+        torch.testing.assert_close(got, per_block, atol=1e-5 * scale, rtol=0)
+        torch.testing.assert_close(got, want, atol=1e-5 * scale, rtol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(h), want, atol=1e-5 * scale, rtol=0)
+    emb = handmade_embedding(bits)
+    ids = torch.randint(0, 165, (7, 3), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        scatter = emb(ids)
+        emb.blockdiag = "on"
+        rows = emb(ids)
+        torch.testing.assert_close(rows, emb.dense_weight()[ids], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(rows, scatter, atol=1e-5, rtol=1e-5)
+
+
+def test_blockdiag_operands_leave_with_the_device_and_dtype():
+    layer = handmade_layer(True)
+    layer.blockdiag = "on"
+    h = torch.randn(5, 16)
+    with torch.no_grad():
+        layer(h)
+        assert layer._bcache
+        layer.to(torch.float64)  # .to() drops the operands (they would pin memory on the old device / dtype)
+        assert not layer._bcache and not layer._cache
+        got = layer(h.double())
+        assert got.dtype == torch.float64 and layer._bcache["Ubd"].dtype == torch.float64
+        torch.testing.assert_close(got, h.double() @ layer.dense_weight().double().t() + layer.bias, atol=1e-5, rtol=1e-6)
+
+
+def test_blockdiag_cache_dropped_by_loading_under_inference_mode():
+    """Loading copies in place; inference tensors keep no version counter, so only the load hook can tell."""
+    a, b = handmade_layer(True), handmade_layer(True)
+    with torch.no_grad():
+        b.U.mul_(-1)
+    h = torch.randn(4, 16)
+    with torch.inference_mode():
+        a.blockdiag = "on"
+        a(h)
+        a.load_state_dict(b.state_dict())
+        torch.testing.assert_close(a(h), b(h), atol=1e-5, rtol=1e-5)
+
+
+def test_blockdiag_auto_is_off_on_cpu_and_under_autograd_and_bad_values_refused():
+    from lmshrink.compress import Plan, compress
+    from lmshrink.layers.block_low_rank import set_blockdiag
+    from lmshrink.models import LSTMLanguageModel
+
+    layer = handmade_layer(True)
+    h, target = torch.randn(6, 16), torch.randint(0, 165, (6,))
+    with torch.no_grad():
+        layer(h)
+    assert layer.blockdiag == "auto" and not layer._bcache  # CPU: the block path (fewer multiply-adds) is faster
+    layer.blockdiag = "on"  # autograd keeps the per-block path even when forced: same gradients, no cache
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    assert not layer._bcache
+    grads = [p.grad.clone() for p in (layer.U, layer.V, layer.bias)]
+    layer.zero_grad()
+    layer.blockdiag = "off"
+    torch.nn.functional.cross_entropy(layer(h), target).backward()
+    for a, p in zip(grads, (layer.U, layer.V, layer.bias)):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, p.grad)
+    layer.blockdiag = "fast"
+    with pytest.raises(LmshrinkError, match="blockdiag must be one of"):
+        layer(h)
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(120, hidden=16, layers=1).eval()
+    cfg = make_config("groupreduce", ratio=3, num_blocks=3)
+    compress(model, Plan({"encoder": cfg, "decoder": cfg}, "untie"), {"word_counts": zipf(120)})
+    ids = torch.randint(0, 120, (2, 5))
+    with torch.no_grad():
+        want = model(ids)[0]
+        assert set_blockdiag(model, "on") == 2
+        torch.testing.assert_close(model(ids)[0], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(LmshrinkError):
+        set_blockdiag(model, "yes")
+    assert set_blockdiag(torch.nn.Linear(2, 2), "off") == 0

@@ -47,6 +47,28 @@ Fast paths (no (V, D) matrix is ever built in forward):
   tried too and dropped: 0.40-0.46 ms against scatter's 0.47-0.48, whole model 0.86x dense[graph] against 0.88x
   (``results/logs/2026-11-23h/gr_lookup_probe.*``) -- the ten block GEMMs cost what the scatter path costs;
 
+Block-diagonal path (``layer.blockdiag``, a runtime knob: ``"auto"`` (default), ``"on"``, ``"off"``; or
+:func:`set_blockdiag`): at inference U is expanded once into ``Ubd`` (V, R), R = sum r_t rounded up to ``ALIGN``,
+in *vocabulary* order -- word w's U row sits in its block's columns, zeros elsewhere -- and V into ``Vp``
+(R, D) with zero rows past sum r_t. Then the softmax is two plain GEMMs, ``b + (h Vp^T) Ubd^T``, with the logits
+born in vocabulary order (no permutation, the bias rides in the addmm), and the lookup is one row gather and one
+GEMM, ``Ubd[ids] Vp``. It spends c times the block path's multiply-adds (every word meets every block's
+columns), R/D of the dense layer's, on two big aligned GEMMs instead of c small ones plus a (N, V) permutation.
+Why: profiled on an H100 at the PTB-large shape, TF32, per 64 x 35 window as CUDA-graph replays
+(``results/logs/2026-11-24d/gr_profile.log``), the block softmax spent 0.42 ms (dense 0.26): its first GEMM ran
+cuBLAS's ``align1`` kernels because sum r_t = 907 leaves every later operand misaligned (92 us for 3 GFLOP), the ten
+block GEMMs took 0.16 ms, the per-block bias fills 0.07 ms and the permutation 0.08 ms; the block-diagonal
+softmax took 0.21 ms (aligned ranks), the lookup 0.047 against the scatter path's 0.10-0.14 (dense gather 0.018).
+The cost is memory: ``Ubd`` holds V x R floats (R/D of a dense weight, 0.61 at 6.6x there: 36 MB beside the
+layer's 9 MB of factors and the dense layer's 60 MB), rebuilt when a factor, ``word_pos`` or the dtype/device
+changes, dropped by ``.to()`` / ``.cpu()`` and state-dict loading, never saved. ``"auto"`` takes it only where it
+pays and stays smaller than dense: on CUDA, on tensor cores (float32 with TF32 matmuls allowed, or half types),
+without autograd, when R < D and no other knob was set (``group_gemms``, ``lookup``). Whole model at that shape,
+3 interleaved rounds (``results/vocab_speed_gpu_blockdiag_{high,highest}.md``): with TF32 1.01x dense's tokens/s
+(eager and graph) against the block path's 0.83x eager / 0.89x graph, GroupReduce+q8 1.02-1.03x against 0.86-0.88x;
+at true fp32 (no TF32) the multiply-adds decide again and the block path wins (graph 1.26x against 1.07x, both above
+dense), as on CPU, so "auto" keeps the block path there. ``"off"`` keeps GPU memory at the factors' size.
+
 Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
 the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
 over a group of blocks zero-padded to the group's largest block size and rank. Why: at PTB-large shapes the
@@ -83,6 +105,7 @@ ALIGN = 8  # elements: 32 bytes of fp32, 16 of bf16 -- what cuBLAS's vectorized 
 
 
 LOOKUPS = ("scatter", "bag")
+BLOCKDIAG = ("auto", "on", "off")
 
 
 def up(n: int) -> int:
@@ -164,6 +187,26 @@ def set_lookup(model: nn.Module, mode: str) -> int:
     return _set_knob(model, "lookup", mode)
 
 
+def set_blockdiag(model: nn.Module, mode: str) -> int:
+    """Set the block-diagonal inference path (``"auto"``, ``"on"`` or ``"off"``, see the module docstring) on every
+    block low-rank layer of ``model``; returns how many layers were set. A runtime knob, never saved."""
+    check(mode in BLOCKDIAG, f"blockdiag must be one of {', '.join(BLOCKDIAG)}, got {mode!r}")
+    return _set_knob(model, "blockdiag", mode)
+
+
+def tf32_matmuls() -> bool:
+    """Whether float32 CUDA matmuls may run as TF32. ``fp32_precision`` answers under both the legacy switches
+    (``allow_tf32``, ``set_float32_matmul_precision``) and the new ones; reading the legacy ones after the new API
+    was used raises."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def _version(t: torch.Tensor) -> int:
+    # inference tensors keep no version counter; set_factors and state-dict loading clear the caches themselves
+    return -1 if torch.is_inference(t) else t._version
+
+
 class _BlockLowRank(CompressedLayer):
     def __init__(self, num_rows: int, dim: int, block_sizes: list[int], ranks: list[int],
                  bits: int | None = None, group_size: int | None = None, layout: str = DEFAULT_LAYOUT):
@@ -199,6 +242,8 @@ class _BlockLowRank(CompressedLayer):
         self.group_gemms: int | None = None  # grouped softmax (see the module docstring); a runtime knob
         self.lookup = "scatter"  # embedding lookup path, "scatter" or "bag" (see the module docstring); a runtime knob
         self._gcache: dict = {}  # the grouped path's plan, indices and padded U / bias
+        self.blockdiag = "auto"  # block-diagonal inference path (see the module docstring); a runtime knob
+        self._bcache: dict = {}  # the block-diagonal path's Ubd / Vp
 
     # ------------------------------------------------------------------ storage helpers
     def spec(self) -> dict:
@@ -224,13 +269,28 @@ class _BlockLowRank(CompressedLayer):
         V = torch.cat(V_blocks, 0).float()
         assert U.numel() == self.u_len and tuple(V.shape) == (self.r_total, self.dim)
         self.word_pos.copy_(word_pos.to(self.word_pos.dtype))
-        self._cache, self._gcache = {}, {}
+        self.clear_caches()
         if self.nbits is None:
             self.U.copy_(U)
             self.V.copy_(V)
         else:
             self.U.set_(U.view(1, -1))
             self.V.set_(V)
+
+    def clear_caches(self) -> None:
+        """Drop every derived inference tensor (index maps, grouped and block-diagonal operands)."""
+        self._cache, self._gcache, self._bcache = {}, {}, {}
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .cpu() / .cuda() / .half(): the caches live on the old device in the old dtype; holding them would
+        # keep GPU memory after the model left the GPU
+        self.clear_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # loading copies into the tensors in place; under inference mode no version counter would record it
+        self.clear_caches()
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def block_factors(self, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
         U, V = self.factors(dtype)
@@ -241,8 +301,7 @@ class _BlockLowRank(CompressedLayer):
         """Derived int64 index tensors, cached per device and per version of ``word_pos``."""
         # an inference tensor (a buffer moved under inference_mode) keeps no version counter; ``set_factors``
         # clears the cache itself, so the data pointer is enough there
-        version = -1 if torch.is_inference(self.word_pos) else self.word_pos._version
-        key = (device, version, self.word_pos.data_ptr())
+        key = (device, _version(self.word_pos), self.word_pos.data_ptr())
         if self._cache.get("key") != key:
             dev = device
             pos = self.word_pos.to(device=dev, dtype=torch.long)  # (V,) word -> position in block order
@@ -298,11 +357,8 @@ class _BlockLowRank(CompressedLayer):
         gc = self._gcache
         packed = self.nbits is not None
 
-        def ver(t):  # inference tensors keep no version counter (see _index)
-            return -1 if torch.is_inference(t) else t._version
-
-        vkey = None if packed else (dtype, self.U.data_ptr(), ver(self.U),
-                                    None if bias is None else (bias.data_ptr(), ver(bias), bias.dtype))
+        vkey = None if packed else (dtype, self.U.data_ptr(), _version(self.U),
+                                    None if bias is None else (bias.data_ptr(), _version(bias), bias.dtype))
         if packed or gc.get("vkey") != vkey:
             u_pad = U.new_zeros(gc["u_len"]).index_copy_(0, gc["u_dst"], U)  # zeros in the padding
             b_pad = None if bias is None else U.new_zeros(gc["cols"]).index_copy_(0, gc["src"], bias.to(dtype))
@@ -340,6 +396,36 @@ class _BlockLowRank(CompressedLayer):
         # one gather from the padded columns straight to vocabulary order (replaces the word_pos permutation)
         return pad.index_select(1, gc["src"])  # (N, V)
 
+    def _use_blockdiag(self, device: torch.device, grad: bool, dtype: torch.dtype = torch.float32) -> bool:
+        check(self.blockdiag in BLOCKDIAG, f"blockdiag must be one of {', '.join(BLOCKDIAG)}, got {self.blockdiag!r}")
+        if grad or self.blockdiag == "off":
+            return False
+        if self.blockdiag == "on":
+            return True
+        # the extra multiply-adds only pay on tensor cores: half types, or float32 with TF32 allowed
+        tensor_cores = dtype != torch.float32 or tf32_matmuls()
+        return (device.type == "cuda" and tensor_cores and up(self.r_total) < self.dim
+                and self.group_gemms is None and self.lookup == "scatter")
+
+    def _blockdiag(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Ubd (V, R) in vocabulary order, Vp (R, D)), R = sum r_t rounded up to ALIGN; cached per device, dtype and
+        the versions of every stored tensor (module docstring)."""
+        key = (device, dtype, tuple((t.data_ptr(), _version(t)) for t in (*self.parameters(), *self.buffers())))
+        if self._bcache.get("key") != key:
+            self._bcache = {}  # free the old operands before building new ones
+            U, V = self.factors(dtype)
+            U, V = U.to(device), V.to(device)
+            order = self._index(device)["order"]  # block-order position -> word
+            R = up(self.r_total)
+            Ubd = U.new_zeros(self.num_rows, R)  # (V, R)
+            for t, (n, r) in enumerate(zip(self.block_sizes, self.ranks)):
+                s, ro = self._starts[t], self._r_off[t]
+                Ubd[order[s:s + n], ro:ro + r] = U[self._u_off[t]:self._u_off[t + 1]].view(n, r)
+            Vp = V.new_zeros(R, self.dim)  # (R, D), zero rows past sum r_t
+            Vp[: self.r_total] = V
+            self._bcache = {"key": key, "Ubd": Ubd, "Vp": Vp}
+        return self._bcache["Ubd"], self._bcache["Vp"]
+
     # ------------------------------------------------------------------ math
     def dense_weight(self) -> torch.Tensor:
         blocks = [u @ v for u, v in self.block_factors()]  # each (n_t, D), block order
@@ -349,10 +435,17 @@ class _BlockLowRank(CompressedLayer):
     def _project(self, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         # h (..., D) -> logits (..., V) in vocabulary order (+ bias (V,) in vocabulary order)
         dt = h.dtype if h.is_floating_point() else torch.float32
-        U, V = self.factors(dt)
-        ix = self._index(h.device)
         lead = h.shape[:-1]
         h2 = h.reshape(-1, self.dim)
+        grad = torch.is_grad_enabled() and (h2.requires_grad or any(p.requires_grad for p in self.parameters())
+                                            or (bias is not None and bias.requires_grad))
+        if self._use_blockdiag(h2.device, grad, dt):
+            Ubd, Vp = self._blockdiag(h2.device, dt)
+            Z = h2 @ Vp.t()  # (N, R): every block's inner projection, aligned
+            logits = Z @ Ubd.t() if bias is None else torch.addmm(bias.to(dt), Z, Ubd.t())  # (N, V) vocabulary order
+            return logits.view(*lead, self.num_rows)
+        U, V = self.factors(dt)
+        ix = self._index(h.device)
         if self.group_gemms is not None and not (
                 torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h2, U, V, bias))):
             return self._project_grouped(h2, V, U, bias).view(*lead, self.num_rows)
@@ -378,9 +471,13 @@ class _BlockLowRank(CompressedLayer):
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         # ids (...,) -> rows (..., D)
         check(self.lookup in LOOKUPS, f"lookup must be one of {', '.join(LOOKUPS)}, got {self.lookup!r}")
+        flat = ids.reshape(-1)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if self._use_blockdiag(ids.device, grad):
+            Ubd, Vp = self._blockdiag(ids.device, torch.float32)
+            return (Ubd.index_select(0, flat) @ Vp).view(*ids.shape, self.dim)  # (N, R) @ (R, D)
         ix = self._index(ids.device)
         U, V = self.factors()
-        flat = ids.reshape(-1)
         u_src, r, r_off = ix["word"].index_select(0, flat).unbind(1)  # each (N,)
         k = ix["k"]  # (R,) R = largest rank
         valid = k[None, :] < r[:, None]  # (N, R)
