@@ -617,3 +617,25 @@ def test_blockdiag_auto_is_off_on_cpu_and_under_autograd_and_bad_values_refused(
     with pytest.raises(LmshrinkError):
         set_blockdiag(model, "yes")
     assert set_blockdiag(torch.nn.Linear(2, 2), "off") == 0
+
+
+def test_blockdiag_auto_needs_cuda_tensor_cores(monkeypatch):
+    """The decision itself, device by device and dtype by dtype (the CUDA run is in test_gpu.py)."""
+    from lmshrink.layers import block_low_rank as blr
+    from lmshrink.layers.block_low_rank import BlockLowRankLinear
+
+    layer = BlockLowRankLinear(200, 64, [60, 140], [9, 4])  # sum r = 13 -> 16 < D = 64
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(blr, "tf32_matmuls", lambda: True)
+    assert layer._use_blockdiag(cuda, False, torch.float32) and layer._use_blockdiag(cuda, False, torch.bfloat16)
+    assert not layer._use_blockdiag(cpu, False, torch.float32)
+    assert not layer._use_blockdiag(cuda, True, torch.float32)  # autograd
+    assert not layer._use_blockdiag(cuda, False, torch.float64)  # no tensor cores for it
+    layer.group_gemms = 2  # another knob set by hand wins over "auto"
+    assert not layer._use_blockdiag(cuda, False, torch.float32)
+    layer.group_gemms = None
+    monkeypatch.setattr(blr, "tf32_matmuls", lambda: False)  # true fp32: the block path's fewer multiply-adds
+    assert not layer._use_blockdiag(cuda, False, torch.float32) and layer._use_blockdiag(cuda, False, torch.float16)
+    wide = BlockLowRankLinear(200, 16, [60, 140], [9, 4])  # R = 16 = D: the operands would outgrow a dense weight
+    monkeypatch.setattr(blr, "tf32_matmuls", lambda: True)
+    assert not wide._use_blockdiag(cuda, False, torch.float32)

@@ -64,10 +64,11 @@ layer's 9 MB of factors and the dense layer's 60 MB), rebuilt when a factor, ``w
 changes, dropped by ``.to()`` / ``.cpu()`` and state-dict loading, never saved. ``"auto"`` takes it only where it
 pays and stays smaller than dense: on CUDA, on tensor cores (float32 with TF32 matmuls allowed, or half types),
 without autograd, when R < D and no other knob was set (``group_gemms``, ``lookup``). Whole model at that shape,
-3 interleaved rounds (``results/vocab_speed_gpu_blockdiag_{high,highest}.md``): with TF32 1.01x dense's tokens/s
-(eager and graph) against the block path's 0.83x eager / 0.89x graph, GroupReduce+q8 1.02-1.03x against 0.86-0.88x;
-at true fp32 (no TF32) the multiply-adds decide again and the block path wins (graph 1.26x against 1.07x, both above
-dense), as on CPU, so "auto" keeps the block path there. ``"off"`` keeps GPU memory at the factors' size.
+3 interleaved rounds, graph vs graph (``results/vocab_speed_gpu_auto_{high,highest}.md``; eager rows wander by up to
+40% there): with TF32 1.01x dense's tokens/s against the block path's 0.89x, GroupReduce+q8 1.03x against 0.88x;
+at true fp32 (no TF32) the multiply-adds decide again and the block path wins (graph 1.26x against the block-diagonal
+1.07x, both above dense: ``results/vocab_speed_gpu_blockdiag_highest.md``), as on CPU, so "auto" keeps the block
+path there (1.25x). ``"off"`` keeps GPU memory at the factors' size.
 
 Grouped softmax (an inference serving knob, ``layer.group_gemms = G`` or :func:`set_group_gemms`; ``None``,
 the default, keeps the per-block path): the c block GEMMs become at most G batched GEMMs (``baddbmm``), each
@@ -403,7 +404,7 @@ class _BlockLowRank(CompressedLayer):
         if self.blockdiag == "on":
             return True
         # the extra multiply-adds only pay on tensor cores: half types, or float32 with TF32 allowed
-        tensor_cores = dtype != torch.float32 or tf32_matmuls()
+        tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32_matmuls())
         return (device.type == "cuda" and tensor_cores and up(self.r_total) < self.dim
                 and self.group_gemms is None and self.lookup == "scatter")
 
