@@ -15,7 +15,11 @@ GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupr
 ``--blocks-path`` also times each GroupReduce model with its block-diagonal inference path off (``layer.blockdiag =
 "off"``, :func:`lmshrink.layers.block_low_rank.set_blockdiag`: per-block softmax GEMMs and the scatter lookup), as rows
 ``groupreduce[blocks]`` etc.; the plain rows run the default (``"auto"``: block-diagonal on CUDA where it is smaller
-than dense). The JSON records the block-diagonal operands' bytes per device (``{dev}_blockdiag_cache_bytes``).
+than dense).
+Every row records the tensor memory its model holds after being timed on each device
+(:func:`lmshrink.measure.resident_bytes`: ``{dev}_resident_bytes`` = state + caches, ``{dev}_cache_bytes`` the
+inference operands its layers keep between calls, e.g. GroupReduce's block-diagonal operands on CUDA or the int4
+kernel's packed copy on CPU); the table shows them in MiB.
 ``--float-int4`` also times each 4-bit quantized model with torch's int4 CPU kernel off (our dequantize-a-chunk
 path), as rows ``quantize-4bit[float]`` etc. in the same rounds.
 ``--cuda-graph`` also times every row on CUDA devices by replaying one captured CUDA graph of the whole forward
@@ -51,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lmshrink.compress import Plan, compress, make_config  # noqa: E402
 from lmshrink.io import versions, write_json_atomic  # noqa: E402
 from lmshrink.layers import quantized
-from lmshrink.layers.block_low_rank import _BlockLowRank, set_blockdiag, set_group_gemms, set_lookup  # noqa: E402
-from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second  # noqa: E402
+from lmshrink.layers.block_low_rank import set_blockdiag, set_group_gemms, set_lookup  # noqa: E402
+from lmshrink.measure import lm_forward_breakdown, lm_tokens_per_second, resident_bytes  # noqa: E402
 from lmshrink.models import LSTMLanguageModel  # noqa: E402
 
 
@@ -93,8 +97,8 @@ def write_table(out_json: str) -> str:
     head = ["method", f"ratio ({what})", "compress s"] + [f"{d} tok/s" for d in devices] + [f"{d} vs dense" for d in devices]
     parts = [d for d in devices if f"{d}_ms_parts" in rows[0]]  # --breakdown
     head += [f"{d} ms {p}" for d in parts for p in ("encoder", "rnn", "decoder")]
-    caches = [d for d in devices if any(f"{d}_blockdiag_cache_bytes" in r for r in rows)]
-    head += [f"{d} block-diagonal cache MiB" for d in caches]
+    mems = [d for d in devices if any(f"{d}_resident_bytes" in r for r in rows)]
+    head += [f"{d} {k} MiB" for d in mems for k in ("resident", "of it caches")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r.get('vocab_ratio', 1.0):.1f}x", f"{r['compress_s']:.1f}"]
@@ -103,7 +107,8 @@ def write_table(out_json: str) -> str:
         cells += [f"{r.get(f'{d}_vs_dense', 1.0):.2f}" if f"{d}_tokens_per_s" in r else "" for d in devices]
         cells += [f"{r[f'{d}_ms_parts'][p]:.3f}" if f"{d}_ms_parts" in r else "" for d in parts
                   for p in ("encoder", "rnn", "decoder")]
-        cells += [f"{r[f'{d}_blockdiag_cache_bytes'] / 2**20:.1f}" if f"{d}_blockdiag_cache_bytes" in r else "" for d in caches]
+        cells += [f"{r[f'{d}_{k}_bytes'] / 2**20:.1f}" if f"{d}_{k}_bytes" in r else "" for d in mems
+                  for k in ("resident", "cache")]
         lines.append("| " + " | ".join(cells) + " |")
     note = (f"V={m['vocab']}, H={m['hidden']}, {m['layers']} layers, random weights; CPU batch {st['batch']['cpu']} "
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
@@ -188,14 +193,16 @@ def main(argv=None) -> int:
     def batch(dev: str) -> int:
         return setting["batch"]["cuda" if dev.startswith("cuda") else "cpu"]
 
-    cache_bytes: dict[tuple[str, str], int] = {}  # (row, device) -> bytes of block-diagonal operands built there
+    memory: dict[tuple[str, str], dict] = {}  # (row, device) -> resident_bytes of its model after timing there
 
     def speed(model, dev, fused=False, cuda_graph=False, row=None):
+        # rows may share one model object (knob rows): start each timing without the caches another row left, so
+        # its memory is its own (the warm-up passes rebuild them before anything is timed)
+        for m in model.modules():
+            getattr(m, "clear_caches", lambda: None)()
         r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused,
                                  cuda_graph=cuda_graph)["tokens_per_s"]
-        # before .cpu(), which drops them
-        cache_bytes[(row, dev)] = sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, _BlockLowRank)
-                                      for k, t in m._bcache.items() if k != "key")
+        memory[(row, dev)] = resident_bytes(model)  # before .cpu(), which drops device caches
         model.cpu()
         return r
 
@@ -276,8 +283,8 @@ def main(argv=None) -> int:
             rows[n][f"{d}_tokens_per_s"] = statistics.median(per_round[n])
             rows[n][f"{d}_vs_dense"] = statistics.median(a / b for a, b in zip(per_round[n], ref))
             rows[n][f"{d}_rounds"] = per_round[n]
-            if cache_bytes.get((n, d)):
-                rows[n][f"{d}_blockdiag_cache_bytes"] = cache_bytes[(n, d)]
+            mem = memory[(n, d)]  # the last round's (caches are built in the first and kept)
+            rows[n][f"{d}_resident_bytes"], rows[n][f"{d}_cache_bytes"] = mem["total"], mem["caches"]
         if args.breakdown:  # after the whole-model rounds, so it never disturbs them
             for n, model in models.items():
                 if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's

@@ -58,6 +58,63 @@ def totals(model: nn.Module) -> dict:
     return {"params": sum(r["params"] for r in rows), "bits": sum(r["bits"] for r in rows)}
 
 
+def _tensors_in(obj, depth: int = 0):
+    """Tensors held by an attribute: directly, or inside dicts / lists / tuples (a few levels deep)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif depth < 4 and isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors_in(v, depth + 1)
+    elif depth < 4 and isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_in(v, depth + 1)
+
+
+def _storages(t: torch.Tensor) -> list[tuple[tuple, int]]:
+    """((device, data pointer), bytes) of each storage behind ``t``; sparse tensors through their components."""
+    if t.layout == torch.sparse_coo:
+        return [x for c in (t._indices(), t._values()) for x in _storages(c)]
+    if t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        parts = ((t.crow_indices(), t.col_indices()) if t.layout in (torch.sparse_csr, torch.sparse_bsr)
+                 else (t.ccol_indices(), t.row_indices()))
+        return [x for c in (*parts, t.values()) for x in _storages(c)]
+    st = t.untyped_storage()
+    return [((str(t.device), st.data_ptr()), st.nbytes())]
+
+
+def resident_bytes(model: nn.Module) -> dict:
+    """Bytes of tensor memory ``model`` holds right now, each storage counted once (tied or viewed tensors share one).
+
+    ``state``: parameters and buffers (what ``state_dict`` saves, in memory: a packed layer's codes stay packed).
+    ``caches``: every other tensor a module keeps -- the inference operands layers derive from their state and
+    hold between calls (GroupReduce's block-diagonal or grouped operands and index maps, the int4 CPU kernel's
+    packed copy), found in module attributes, dicts and lists. Measured from the tensors themselves, so a cache
+    shows up whatever layer built it; what a forward allocates and frees again is not here (peak memory is a
+    device-allocator question). ``total`` = both.
+    """
+    seen: set[tuple] = set()
+    out = {"state": 0, "caches": 0}
+
+    def add(t: torch.Tensor, kind: str) -> None:
+        for key, nbytes in _storages(t):
+            if key not in seen:
+                seen.add(key)
+                out[kind] += nbytes
+
+    modules = list(model.modules())
+    for m in modules:  # state first, so a cache that aliases a parameter is not counted as a cache
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                add(t, "state")
+    skip = {"_parameters", "_buffers", "_modules"}
+    for m in modules:
+        for name, value in vars(m).items():
+            if name not in skip:
+                for t in _tensors_in(value):
+                    add(t, "caches")
+    return {**out, "total": out["state"] + out["caches"]}
+
+
 def bytes_on_disk(model_dir: str | Path) -> dict:
     """Real file sizes of a model directory: weights, manifest, vocabulary file, and every file's sum."""
     from .io import MANIFEST, VOCAB, WEIGHTS

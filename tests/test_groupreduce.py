@@ -639,3 +639,22 @@ def test_blockdiag_auto_needs_cuda_tensor_cores(monkeypatch):
     wide = BlockLowRankLinear(200, 16, [60, 140], [9, 4])  # R = 16 = D: the operands would outgrow a dense weight
     monkeypatch.setattr(blr, "tf32_matmuls", lambda: True)
     assert not wide._use_blockdiag(cuda, False, torch.float32)
+
+
+def test_resident_bytes_counts_state_once_and_the_block_diagonal_operands_as_caches():
+    from lmshrink.measure import resident_bytes
+
+    layer = handmade_layer(True)
+    state = sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
+    assert resident_bytes(layer) == {"state": state, "caches": 0, "total": state}
+    layer.blockdiag = "on"
+    with torch.no_grad():
+        layer(torch.randn(2, 16))
+    got = resident_bytes(layer)
+    ubd, vp = layer._bcache["Ubd"], layer._bcache["Vp"]
+    assert got["state"] == state
+    assert got["caches"] >= (ubd.numel() + vp.numel()) * 4  # plus the int64 index maps
+    pair = torch.nn.Sequential(layer, layer)  # the same tensors twice are counted once
+    assert resident_bytes(pair) == got
+    layer.cpu()
+    assert resident_bytes(layer)["caches"] == 0

@@ -174,3 +174,22 @@ def test_cuda_graph_replay_equals_eager_logits(group_gemms):
                     torch.testing.assert_close(c, c2, atol=1e-4, rtol=1e-4)
         res = lm_tokens_per_second(model, 300, "cuda", batch_size=4, warmup=2, repeats=3, cuda_graph=True)
         assert res["cuda_graph"] is True and res["tokens_per_s"] > 0
+
+
+def test_speed_records_resident_memory_with_each_rows_own_caches(tmp_path):
+    """Knob rows share a model object: each row's memory is what its own timing left (the 4-bit row holds the int4
+    kernel's packed copy on CPU, its [float] twin does not; the block-diagonal operands only where they are on)."""
+    out = tmp_path / "speed.json"
+    rc = speed.main(["--vocab", "300", "--hidden", "16", "--layers", "1", "--rate", "4", "--gq-rate", "12",
+                     "--num-blocks", "3", "--methods", "groupreduce,quantize-4bit", "--devices", "cpu",
+                     "--repeats", "1", "--rounds", "1", "--float-int4", "--blocks-path", "--out", str(out)])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    dense = rows["dense"]
+    assert dense["cpu_cache_bytes"] == 0 and dense["cpu_resident_bytes"] > 0
+    assert rows["quantize-4bit"]["cpu_cache_bytes"] > 0 and rows["quantize-4bit[float]"]["cpu_cache_bytes"] == 0
+    # GroupReduce on CPU keeps index maps only (the block-diagonal path is for CUDA), the same with the path off
+    assert rows["groupreduce"]["cpu_cache_bytes"] == rows["groupreduce[blocks]"]["cpu_cache_bytes"]
+    gr = rows["groupreduce"]
+    assert 0 < gr["cpu_resident_bytes"] - gr["cpu_cache_bytes"] < dense["cpu_resident_bytes"]  # its state is smaller
+    assert "cpu resident MiB" in out.with_suffix(".md").read_text()

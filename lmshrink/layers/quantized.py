@@ -78,12 +78,16 @@ class PackedMatrix(nn.Module):
         q, params = quantize_groups(x.reshape(self.rows, self.ngroups, self.g), self.nbits)
         self.codes.copy_(pack_codes(q, self.nbits).to(self.codes.device))
         self.qparams.copy_(params.to(self.qparams.device))
-        self.__dict__.pop("_int4_cache", None)
+        self.clear_caches()
         return self
+
+    def clear_caches(self) -> None:
+        """Drop the int4 kernel's operands (rebuilt at the next CPU call)."""
+        self.__dict__.pop("_int4_cache", None)
 
     def _load_from_state_dict(self, *args, **kwargs):
         # loading writes codes/qparams in place; under inference mode no version counter would record it
-        self.__dict__.pop("_int4_cache", None)
+        self.clear_caches()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _dequant(self, codes: torch.Tensor, qparams: torch.Tensor, dtype) -> torch.Tensor:
