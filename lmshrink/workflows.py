@@ -7,7 +7,6 @@ checksums and metrics in the model directory's manifest.
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import sys
 import time
@@ -19,7 +18,7 @@ from .data import Vocabulary, load_corpus
 from .errors import check
 from .io import load_model_dir, read_manifest, save_model_dir
 from .measure import bytes_on_disk, layer_rows, lm_tokens_per_second, totals
-from .models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict
+from .models.lstm_lm import PRESETS, Preset, build_from_preset, check_cell_clip, preset_dict
 from .train.lm import evaluate_ppl, finetune_lm, remove_checkpoint, resolve_device, seed_everything, train_lm
 
 
@@ -95,8 +94,7 @@ def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", devi
                        speed=False, cell_clip=None) -> dict:
     """``cell_clip`` evaluates with the carried LSTM cell state clamped (``LSTMLanguageModel``), whatever the
     model's own setting; the output records the value used."""
-    check(cell_clip is None or (math.isfinite(cell_clip) and cell_clip > 0),
-          f"--cell-clip must be a positive number, got {cell_clip}")
+    check_cell_clip(cell_clip, "--cell-clip")  # before anything is loaded
     dev = resolve_device(device)
     model, manifest = load_model_dir(model_dir, device=dev)
     if cell_clip is not None:

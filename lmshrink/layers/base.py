@@ -35,6 +35,30 @@ def tensor_bits(t: torch.Tensor) -> int:
     return t.numel() * t.element_size() * 8
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s version counter, which in-place changes bump; -1 for inference tensors, which keep none (the owners of
+    derived caches drop them on ``set_factors`` / ``set_`` and on state-dict loading instead, :class:`DerivedCaches`)."""
+    return -1 if torch.is_inference(t) else t._version
+
+
+class DerivedCaches:
+    """Mixin for modules that keep inference operands derived from their tensors between calls (``clear_caches()``
+    drops them): dropped whenever the module moves or changes dtype (``.to()`` / ``.cpu()`` / ``.cuda()`` /
+    ``.half()``: held, they would pin memory on the old device) and when a state dict loads (it copies in place,
+    and under inference mode no version counter records that)."""
+
+    def clear_caches(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_caches()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_caches()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
 class CompressedLayer(nn.Module):
     layer_type: ClassVar[str] = ""
     flavour: ClassVar[str] = "linear"  # or "embedding"

@@ -98,7 +98,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import check
-from .base import CompressedLayer, register_layer
+from .base import CompressedLayer, DerivedCaches, register_layer, tensor_version
 from .packing import DEFAULT_LAYOUT, check_layout
 from .quantized import PackedMatrix, flat_group, spec_with_layout
 
@@ -203,12 +203,7 @@ def tf32_matmuls() -> bool:
     return precision == "tf32" if precision is not None else bool(torch.backends.cuda.matmul.allow_tf32)
 
 
-def _version(t: torch.Tensor) -> int:
-    # inference tensors keep no version counter; set_factors and state-dict loading clear the caches themselves
-    return -1 if torch.is_inference(t) else t._version
-
-
-class _BlockLowRank(CompressedLayer):
+class _BlockLowRank(DerivedCaches, CompressedLayer):
     def __init__(self, num_rows: int, dim: int, block_sizes: list[int], ranks: list[int],
                  bits: int | None = None, group_size: int | None = None, layout: str = DEFAULT_LAYOUT):
         super().__init__()
@@ -279,19 +274,9 @@ class _BlockLowRank(CompressedLayer):
             self.V.set_(V)
 
     def clear_caches(self) -> None:
-        """Drop every derived inference tensor (index maps, grouped and block-diagonal operands)."""
+        """Drop every derived inference tensor (index maps, grouped and block-diagonal operands); also on moves and
+        loads (DerivedCaches)."""
         self._cache, self._gcache, self._bcache = {}, {}, {}
-
-    def _apply(self, fn, *args, **kwargs):
-        # .to() / .cpu() / .cuda() / .half(): the caches live on the old device in the old dtype; holding them would
-        # keep GPU memory after the model left the GPU
-        self.clear_caches()
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        # loading copies into the tensors in place; under inference mode no version counter would record it
-        self.clear_caches()
-        return super()._load_from_state_dict(*args, **kwargs)
 
     def block_factors(self, dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
         U, V = self.factors(dtype)
@@ -302,7 +287,7 @@ class _BlockLowRank(CompressedLayer):
         """Derived int64 index tensors, cached per device and per version of ``word_pos``."""
         # an inference tensor (a buffer moved under inference_mode) keeps no version counter; ``set_factors``
         # clears the cache itself, so the data pointer is enough there
-        key = (device, _version(self.word_pos), self.word_pos.data_ptr())
+        key = (device, tensor_version(self.word_pos), self.word_pos.data_ptr())
         if self._cache.get("key") != key:
             dev = device
             pos = self.word_pos.to(device=dev, dtype=torch.long)  # (V,) word -> position in block order
@@ -358,8 +343,8 @@ class _BlockLowRank(CompressedLayer):
         gc = self._gcache
         packed = self.nbits is not None
 
-        vkey = None if packed else (dtype, self.U.data_ptr(), _version(self.U),
-                                    None if bias is None else (bias.data_ptr(), _version(bias), bias.dtype))
+        vkey = None if packed else (dtype, self.U.data_ptr(), tensor_version(self.U),
+                                    None if bias is None else (bias.data_ptr(), tensor_version(bias), bias.dtype))
         if packed or gc.get("vkey") != vkey:
             u_pad = U.new_zeros(gc["u_len"]).index_copy_(0, gc["u_dst"], U)  # zeros in the padding
             b_pad = None if bias is None else U.new_zeros(gc["cols"]).index_copy_(0, gc["src"], bias.to(dtype))
@@ -411,7 +396,7 @@ class _BlockLowRank(CompressedLayer):
     def _blockdiag(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(Ubd (V, R) in vocabulary order, Vp (R, D)), R = sum r_t rounded up to ALIGN; cached per device, dtype and
         the versions of every stored tensor (module docstring)."""
-        key = (device, dtype, tuple((t.data_ptr(), _version(t)) for t in (*self.parameters(), *self.buffers())))
+        key = (device, dtype, tuple((t.data_ptr(), tensor_version(t)) for t in (*self.parameters(), *self.buffers())))
         if self._bcache.get("key") != key:
             self._bcache = {}  # free the old operands before building new ones
             U, V = self.factors(dtype)
@@ -438,6 +423,7 @@ class _BlockLowRank(CompressedLayer):
         dt = h.dtype if h.is_floating_point() else torch.float32
         lead = h.shape[:-1]
         h2 = h.reshape(-1, self.dim)
+        # autograd records this call (training, or gradients wanted for h): the per-block path, whatever the knobs say
         grad = torch.is_grad_enabled() and (h2.requires_grad or any(p.requires_grad for p in self.parameters())
                                             or (bias is not None and bias.requires_grad))
         if self._use_blockdiag(h2.device, grad, dt):
@@ -447,14 +433,13 @@ class _BlockLowRank(CompressedLayer):
             return logits.view(*lead, self.num_rows)
         U, V = self.factors(dt)
         ix = self._index(h.device)
-        if self.group_gemms is not None and not (
-                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h2, U, V, bias))):
+        if self.group_gemms is not None and not grad:
             return self._project_grouped(h2, V, U, bias).view(*lead, self.num_rows)
         Z = h2 @ V.t()  # (N, sum r_t): all blocks' inner projections in one GEMM
         b = bias.to(dt).index_select(0, ix["order"]) if bias is not None else None  # (V,) block order
         blocks = [(U[self._u_off[t]:self._u_off[t + 1]].view(n, r), Z[:, self._r_off[t]:self._r_off[t + 1]],
                    self._starts[t], self._starts[t + 1]) for t, (n, r) in enumerate(zip(self.block_sizes, self.ranks))]
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (Z, U, b)):
+        if grad:
             # autograd cannot record out= writes: per-block results, then one cat
             outs = [Zt @ Ut.t() if b is None else torch.addmm(b[s:e], Zt, Ut.t()) for Ut, Zt, s, e in blocks]
             logits = torch.cat(outs, 1) if len(outs) > 1 else outs[0]  # (N, V) block order

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import CompressedLayer, register_layer
+from .base import CompressedLayer, DerivedCaches, register_layer, tensor_version
 from .packing import (DEFAULT_LAYOUT, PADDED, PARAM_DTYPE, group_layout, pack_codes, packed_bits, quantize_groups,
                       unpack_codes)
 
@@ -52,7 +52,7 @@ _HAS_INT4_KERNEL = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")  # loo
 INT4_CPU_KERNEL = os.environ.get("LMSHRINK_INT4_KERNEL", "1") != "0"
 
 
-class PackedMatrix(nn.Module):
+class PackedMatrix(DerivedCaches, nn.Module):
     """A (rows, cols) matrix as packed k-bit codes + float16 (scale, min) per group.
 
     Stored: ``codes`` uint8 (rows, groups, g*k/8) buffer and ``qparams`` float16 (rows, groups, 2)
@@ -82,13 +82,8 @@ class PackedMatrix(nn.Module):
         return self
 
     def clear_caches(self) -> None:
-        """Drop the int4 kernel's operands (rebuilt at the next CPU call)."""
+        """Drop the int4 kernel's operands (rebuilt at the next CPU call; also on moves and loads, DerivedCaches)."""
         self.__dict__.pop("_int4_cache", None)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        # loading writes codes/qparams in place; under inference mode no version counter would record it
-        self.clear_caches()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _dequant(self, codes: torch.Tensor, qparams: torch.Tensor, dtype) -> torch.Tensor:
         # codes (n, G, bytes), qparams (n, G, 2) -> (n, cols)
@@ -141,8 +136,7 @@ class PackedMatrix(nn.Module):
         compact copy while the model is used on CPU, never a float one; kept out of ``state_dict``."""
         # in-place changes outside set_/loading (an optimizer step on the scales) show in the version counters;
         # inference tensors have none, and set_/loading drop the cache themselves
-        key = tuple(None if t.is_inference() else t._version for t in (self.codes, self.qparams)) + (
-            self.codes.data_ptr(), self.qparams.data_ptr())
+        key = tuple(tensor_version(t) for t in (self.codes, self.qparams)) + (self.codes.data_ptr(), self.qparams.data_ptr())
         cached = self.__dict__.get("_int4_cache")
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -23,6 +23,14 @@ from ..errors import check
 NUM_GATES = 4  # i, f, g, o: the row blocks of ih/hh outputs, in torch.nn.LSTM's order
 
 
+def check_cell_clip(value, name: str = "cell_clip") -> None:
+    """``value`` is a clamp for the carried cell state (``LSTMLanguageModel.cell_clip``): a positive finite number,
+    or None for none. ``name`` is how the caller's user spelled it (``--cell-clip`` on the command line)."""
+    check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                            and value > 0),
+          f"{name} must be a positive number, got {value!r}")
+
+
 @dataclass
 class Preset:
     """Architecture and training recipe (TensorFlow PTB tutorial's configs of Zaremba et al.)."""
@@ -152,8 +160,7 @@ class LSTMLanguageModel(nn.Module):
                  cell_clip: float | None = None):
         super().__init__()
         check(vocab_size > 0 and hidden > 0 and layers > 0, "vocab_size, hidden and layers must be positive")
-        check(cell_clip is None or (isinstance(cell_clip, (int, float)) and math.isfinite(cell_clip) and cell_clip > 0),
-              f"cell_clip must be a positive number (or absent), got {cell_clip!r}")
+        check_cell_clip(cell_clip)
         check(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
         emb_size = emb_size or hidden
         check(not tie_weights or emb_size == hidden, "tied weights need emb_size == hidden")
