@@ -39,6 +39,8 @@ factorised methods retrained best from 0.2 and doped KP and pruning from 1, and 
 means a second dense baseline. A third, ``cell_clip``, is the model's: the compressed model retrains and is
 evaluated with its carried cell state clamped (``LSTMLanguageModel.cell_clip``; saved in its manifest), e.g.
 ``tt:cell_clip=50``. Why: stop 18 found a runaway cell in a 25x TT model on PTB large (``eval_windows.py``).
+A fourth, ``distill``, a weight in [0, 1], is the training's: it trains on ``(1 - w) CE + w KL(dense || model)``
+with the dense baseline as teacher (``lmshrink.train.distill``, Hinton et al. 2015), e.g. ``doped_kp:distill=1``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from lmshrink.errors import LmshrinkError, check  # noqa: E402
+from lmshrink.train.distill import check_distill
 
 ALIASES = {"doped_kp": "doped_kronecker", "kp": "kronecker", "lmf": "svd", "dkp": "doped_kronecker"}
 DEFAULT_METHODS = "doped_kp,kp,prune,hmd,lmf,tt"
@@ -182,7 +185,12 @@ def retrain_options(label: str, opts: dict, args) -> tuple[dict, float, float]:
     for name, v in checks:
         check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
               f"{label}: {name} must be a positive number, got {v!r}")
-    return opts, float(lr), float(lr_end)  # cell_clip stays in opts until the run's spec takes it out
+    if "distill" in opts:
+        try:
+            check_distill(opts["distill"])
+        except LmshrinkError as e:
+            raise LmshrinkError(f"{label}: {e}") from None
+    return opts, float(lr), float(lr_end)  # cell_clip and distill stay in opts until the run's spec takes them out
 
 
 def method_defaults(method: str, opts: dict, args) -> dict:
@@ -234,7 +242,7 @@ def run_one(spec: dict) -> dict:
               "method": spec["method"], "options": opts, "config": cfg.to_dict(), "mode": spec["mode"],
               "ratio_target": spec.get("ratio_target", spec["ratio"]), "ratio_of": spec.get("ratio_of"),
               "weight_ratio": spec["ratio"], "epochs": spec["epochs"], "seed": spec["seed"], "layers": report,
-              "cell_clip": spec.get("cell_clip")}
+              "cell_clip": spec.get("cell_clip"), "distill": spec.get("distill")}
     train_dir = run_dir / "train"
     before = run_dir / "before_retrain.json"  # kept across a pause, so a resumed run does not redo it
     if spec["mode"] == "retrain":
@@ -251,9 +259,14 @@ def run_one(spec: dict) -> dict:
         # launch cost of their step-by-step LSTM; doped KP (doping / CMR hooks) and pruning (AGP hooks, CSR storage)
         # train eagerly
         why_not = graph_ready(model) if spec.get("cuda_graph") else "not asked"
+        teacher = None
+        if spec.get("distill"):
+            from lmshrink.train.distill import Teacher
+
+            teacher = Teacher(load_model_dir(spec["baseline_dir"], device="cpu")[0], spec["distill"])
         out = train_lm(model, corpus, recipe, out_dir=train_dir, device=device, epochs=epochs,
                        max_steps=spec.get("max_steps"), seed=spec["seed"], precision=spec["precision"],
-                       progress=False, lr_fn=lr_fn, log=log, cuda_graph=why_not is None)
+                       progress=False, lr_fn=lr_fn, log=log, cuda_graph=why_not is None, teacher=teacher)
         result["cuda_graph"] = out.get("cuda_graph") or {"captured": False, "why_not": why_not}
         model = out["model"]
         result.update(history=out["history"], train_wall_s=out["wall_s"], train_tokens_per_s=out["train_tokens_per_s"],
@@ -691,6 +704,7 @@ def orchestrate(args) -> int:
     for label, method, opts, lr, lr_end in methods:
         opts = dict(opts)
         cell_clip = opts.pop("cell_clip", None)  # the model's option, not the method's (module doc)
+        distill = opts.pop("distill", None) or None  # the training's (module doc); 0 is no teacher
         opts = method_defaults(method, opts, args)
         try:
             get_method(method)
@@ -715,7 +729,7 @@ def orchestrate(args) -> int:
                         "mode": mode, "epochs": epochs, "preset": args.preset, "corpus": args.corpus, "data": args.data,
                         "verify": not args.no_verify, "recipe": dict(vars(recipe)), "baseline_dir": str(bdir),
                         "run_dir": str(run_dir), "device": args.device, "precision": args.precision, "seed": args.seed,
-                        "cuda_graph": args.cuda_graph, "cell_clip": cell_clip,
+                        "cuda_graph": args.cuda_graph, "cell_clip": cell_clip, "distill": distill,
                         "lr": lr, "lr_end": lr_end, "lr_hold": hold, "eval_batch": args.eval_batch,
                         "max_steps": args.max_steps, "deadline": deadline, "reserve": args.reserve,
                         "threads": max(1, (os.cpu_count() or 1) // args.jobs)}

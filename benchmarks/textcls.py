@@ -98,6 +98,8 @@ def _job(spec: dict) -> list[dict]:
     decay = (spec.get("calr_decays") or {}).get(name, spec["calr_decay"])
     tcfg = dict(batch_size=50, lr=lr_of["calr"], adam_eps=spec["adam_eps"],
                 calr_options={"step_size": "half_epoch", "decay": decay})
+    # retraining against the dense CALR model (--distill): the compressed models and the retrained control alike
+    kd = {"distill": spec.get("distill") or None}
     textcls_meta = {"dataset": ds.summary(), "labels": ds.labels, "seed": seed, "model": spec["model"]}
 
     def measured(model, tag: str, training=None) -> dict:
@@ -135,7 +137,7 @@ def _job(spec: dict) -> list[dict]:
     model = copy.deepcopy(dense)
     seed_everything(seed)
     res = train_classifier(model, enc["train"], enc["dev"], epochs=spec["retrain_epochs"], schedule="calr", seed=seed,
-                           log=quiet, **tcfg)
+                           log=quiet, teacher=copy.deepcopy(dense) if kd["distill"] else None, **kd, **tcfg)
     acc = evaluate_accuracy(model, enc["test"])["accuracy"]
     rows.append({**base, "variant": "dense_retrained", "schedule": "calr", "test_accuracy": acc,
                  "dev_accuracy": res["best_dev_accuracy"], "retrain_epochs": spec["retrain_epochs"],
@@ -154,7 +156,7 @@ def _job(spec: dict) -> list[dict]:
         seed_everything(seed)
         t0 = time.monotonic()
         res = train_classifier(model, enc["train"], enc["dev"], epochs=spec["retrain_epochs"], schedule="calr", seed=seed,
-                               log=quiet, **tcfg)
+                               log=quiet, teacher=copy.deepcopy(dense) if kd["distill"] else None, **kd, **tcfg)
         on = evaluate_accuracy(model, enc["test"])["accuracy"]
         rows.append({**common, "variant": "online_low_rank", "schedule": "calr", "test_accuracy": on,
                      "dev_accuracy": res["best_dev_accuracy"], "retrain_epochs": spec["retrain_epochs"],
@@ -324,7 +326,10 @@ def markdown(result: dict) -> str:
              f"(eps {cfg['adam_eps']}), batch 50, peak lr {_peak_rates(cfg)}; CALR: step = half an epoch, decay "
              + ("per set as chosen on dev (above; for DAN)" if (cfg.get("lrs_from") or {}).get("calr_decays")
                 else f"{cfg['calr_decay']} per epoch")
-             + ", lr_low = lr_high * decay^5. Test accuracy of the best-dev epoch, "
+             + ", lr_low = lr_high * decay^5"
+             + (f"; retraining (compressed models and the retrained control) against the dense CALR model, "
+                f"distillation weight {cfg['distill']:g}" if cfg.get("distill") else "")
+             + ". Test accuracy of the best-dev epoch, "
              "mean ± std over seeds (MR: seed s = fold s of a seeded 10-fold CV; TREC: dev = 10% of train). "
              "Bytes: embedding and whole model theoretical (stored bits / 8), on disk = model directory "
              "(safetensors + JSON manifest + gzip'd vocabulary file) or the fastText .ftz file.", ""]
@@ -393,6 +398,9 @@ def main(argv=None) -> int:
                         "chosen on dev) for the model it was tuned on; other models keep --lr")
     p.add_argument("--adam-eps", type=float, default=0.01)
     p.add_argument("--calr-decay", type=float, default=0.5)
+    p.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
+                   help="retrain the compressed models (and the retrained control) against the dense CALR model too: "
+                        "(1 - WEIGHT) CE + WEIGHT KL(dense || model), WEIGHT in [0, 1]")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default=None, help="scratch folder for model directories (default: a temp dir)")
@@ -409,10 +417,17 @@ def main(argv=None) -> int:
         if s not in SETS:
             p.error(f"unknown set {s}; choose from {', '.join(SETS)}")
     models = a.models.split(",")
+    from lmshrink.errors import LmshrinkError
+    from lmshrink.train.distill import check_distill
+
+    try:
+        check_distill(a.distill)
+    except LmshrinkError as e:
+        p.error(str(e))
     base = dict(data=a.data, vectors=a.vectors, epochs=a.epochs, retrain_epochs=a.retrain_epochs,
                 keeps=[float(x) for x in a.keeps.split(",")], bits=[int(x) for x in a.bits.split(",")],
                 schedules=a.schedules.split(","), lr=a.lr, adam_eps=a.adam_eps, calr_decay=a.calr_decay,
-                threads=a.threads, work=str(work))
+                threads=a.threads, work=str(work), distill=a.distill or None)
     size = {"mr": 3, "sst1": 3, "sst2": 2, "trec": 1}
     cost = {"lstm": 3, "cnn": 2, "dan": 1}
     sched_models = a.schedule_models.split(",")

@@ -77,6 +77,7 @@ from lmshrink.measure import bytes_on_disk, lm_tokens_per_second, other_gpu_proc
 from lmshrink.methods.prune import finalize_pruning_  # noqa: E402
 from lmshrink.methods.quantize import quantize_model_  # noqa: E402
 from lmshrink.models.lstm_lm import PRESETS, Preset, build_from_preset, preset_dict  # noqa: E402
+from lmshrink.train.distill import check_distill
 from lmshrink.train.graphed import check_graphable
 from lmshrink.train.lm import (  # noqa: E402
     check_finetune_dropout,
@@ -248,6 +249,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         check(ep == args.finetune_epochs, f"--reuse {p}: retrained {ep} epochs, this run {args.finetune_epochs}")
         drop = old.get("setup", {}).get("finetune_dropout")
         check(drop == args.finetune_dropout, f"--reuse {p}: retrained with dropout {drop}, this run {args.finetune_dropout}")
+        kd = old.get("setup", {}).get("finetune_distill")
+        check(kd == distill_setting(args), f"--reuse {p}: retrained with distillation {kd}, this run {distill_setting(args)}")
         n = 0
         for r in old["runs"].values():
             lr = r.get("finetune_lr")
@@ -264,6 +267,11 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         log(f"--reuse {p}: {n} finished run(s) adopted")
     if reuse:
         results["setup"]["reused_from"] = sorted({p for p, _ in reuse})
+
+
+def distill_setting(args) -> dict | None:
+    """How retraining used the dense model as a teacher (None: it did not), as results record it."""
+    return None if not args.distill else {"weight": args.distill, "temperature": args.distill_temperature}
 
 
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
@@ -303,7 +311,9 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
         # kept per epoch: a run cut by --time-limit's SIGINT (or a lost machine) resumes after its last epoch
         ft = finetune_lm(model, corpus, recipe, epochs, lr=lr, device=device, progress=args.progress,
                          seed=args.seed, precision=args.precision, log=log, checkpoint_dir=work / "finetune" / key,
-                         cuda_graph=args.cuda_graph, dropout=args.finetune_dropout)
+                         cuda_graph=args.cuda_graph, dropout=args.finetune_dropout,
+                         teacher=copy.deepcopy(dense) if args.distill else None, distill=args.distill,
+                         distill_temperature=args.distill_temperature)
         model, ft_hist, ft_graph = ft["model"], ft["history"], ft["cuda_graph"]
     finetune_s = time.perf_counter() - t_ft
     if method == "groupreduce_q":
@@ -469,6 +479,9 @@ def write_outputs(results: dict, path: Path) -> str:
     lines = [f"Dense baseline ({results['setup'].get('corpus')}, {results['setup'].get('preset')}): test ppl "
              f"{d['test_ppl']:.2f}, {d['bytes_on_disk']:,} bytes on disk, {d['tokens_per_s']:,.0f} tok/s "
              f"({results['setup']['device']}).", "",
+             *([(f"Retrained with distillation from the dense model: weight {kd['weight']:g}, temperature "
+                 f"{kd['temperature']:g} ((1 - w) CE + w T^2 KL(dense || compressed))."), ""]
+               if (kd := results["setup"].get("finetune_distill")) else []),
              "| method | target rate | emb+softmax ratio | test ppl before | test ppl after | vs dense | bytes on disk | tok/s vs dense | compress s |",
              "|---|---|---|---|---|---|---|---|---|"]
     several = len({r.get("finetune_lr") for r in results["runs"].values()}) > 1
@@ -542,6 +555,10 @@ def main(argv=None) -> int:
                          "method at each rate and judges each at the rate its validation perplexity prefers")
     ap.add_argument("--finetune-dropout", type=float, default=None,
                     help="dropout rate during retraining only (default: the recipe's; PTB small has none)")
+    ap.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
+                    help="retrain against the dense model too (knowledge distillation, Hinton et al. 2015): the "
+                         "objective is (1 - WEIGHT) * cross-entropy + WEIGHT * KL(dense || compressed); 0..1")
+    ap.add_argument("--distill-temperature", type=float, default=1.0)
     ap.add_argument("--eval-batch", type=int, default=10)
     ap.add_argument("--bptt-eval", type=int, default=35)
     ap.add_argument("--device", default="auto")
@@ -580,6 +597,8 @@ def main(argv=None) -> int:
         if args.cuda_graph:
             check_graphable(device, args.precision)
         check_finetune_dropout(args.finetune_dropout)
+        check_distill(args.distill, args.distill_temperature)
+        args.distill = args.distill or None  # 0 is no teacher
         for m in methods:  # every method's settings (--num-blocks, --rank-rule, --rank-multiple...) before any work
             for r in asked_rates(m, args):
                 spec = method_config(m, r, args)
@@ -598,9 +617,16 @@ def main(argv=None) -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
+    made = results.get("setup", {}).get("finetune_distill")
+    want = distill_setting(args)
+    if results.get("runs") and made != want:
+        print(f"vocab.py: {results_path} holds runs retrained with distillation {made}, this run asks {want}: "
+              "give another --results", file=sys.stderr)
+        return 2
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                 finetune_dropout=args.finetune_dropout, eval_batch=args.eval_batch,
+                 finetune_dropout=args.finetune_dropout, finetune_distill=distill_setting(args),
+                 eval_batch=args.eval_batch,
                  jobs=args.jobs, cuda_graph=args.cuda_graph, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)
     results["setup"] = setup

@@ -9,7 +9,9 @@ table; the PNG has one panel per baseline, test perplexity against bytes on disk
     python benchmarks/vocab_report.py benchmarks/results/vocab_ptb_small_s10.json \
         benchmarks/results/vocab_ptb_large_s10_ft10_lr2.json benchmarks/results/vocab_wikitext2_medium_ft6.json \
         benchmarks/results/vocab_ptb_small_ft10_graph.json benchmarks/results/vocab_ptb_small_ft10_drop0.2.json \
-        benchmarks/results/vocab_ptb_small_ft10_balanced.json --out benchmarks/results/vocab.json
+        benchmarks/results/vocab_ptb_small_ft10_balanced.json benchmarks/results/vocab_ptb_small_ft10_kd1_lrs.json \
+        benchmarks/results/vocab_ptb_small_ft10_kd1.json benchmarks/results/vocab_ptb_small_ft10_kd1_q4.json \
+        --out benchmarks/results/vocab.json
 """
 
 from __future__ import annotations
@@ -42,7 +44,16 @@ def name_of(res: dict, path: Path) -> str:
     drop, layout = s.get("finetune_dropout"), quant_layout(res)
     return (f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
             + ("" if drop is None else f", retrained with dropout {drop:g}")
+            + ("" if not s.get("finetune_distill") else f", distilled (weight {s['finetune_distill']['weight']:g})")
+            + (", first rate chosen on validation" if isinstance(s.get("finetune_lr"), list) else "")
+            + "".join(f", GroupReduce+q with {b}-bit factors" for b in gq_bits(res) if b != 8)
             + ("" if layout == "padded" else f", {layout} quantization layout"))
+
+
+def gq_bits(res: dict) -> list[int]:
+    """The factor bits of the file's GroupReduce+quantization runs (``vocab.py --gq-bits``), sorted."""
+    return sorted({(r.get("config") or {}).get("plan_bits") for r in res["runs"].values()
+                   if isinstance(r, dict) and r.get("method") == "groupreduce_q" and r.get("config")} - {None})
 
 
 def quant_layout(res: dict) -> str:
@@ -108,6 +119,8 @@ def recipe_of(res: dict) -> str:
     blocks = f"{gr['num_blocks']} blocks, rank ~ {gr['rank_rule']}, " if gr else ""
     drop = res["setup"].get("finetune_dropout")
     drop_txt = f", dropout {drop:g} while retraining" if drop is not None else ""
+    kd = res["setup"].get("finetune_distill")
+    drop_txt += f", distilled from the dense model (weight {kd['weight']:g})" if kd else ""
     return f"{blocks}{lr_txt}, {res['setup'].get('finetune_epochs', '?')} epochs{drop_txt}"
 
 

@@ -130,12 +130,16 @@ def model_info(model_dir) -> dict:
 
 def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, options=None, finetune_epochs=0,
                        finetune_lr=None, data_dir=None, device="auto", overwrite=False, evaluate=True,
-                       progress=True, log=print) -> dict:
+                       progress=True, log=print, distill=None) -> dict:
     from .compress import load_plan, make_config, vocab_plan
     from .compress import compress as compress_
 
     check(overwrite or not (Path(out) / "manifest.json").exists(), f"{out} already holds a model; pass --overwrite")
     check(Path(out).resolve() != Path(model_dir).resolve(), "--out must differ from MODEL_DIR")
+    from .train.distill import check_distill
+
+    check_distill(distill)
+    check(not distill or finetune_epochs > 0, "--distill needs --finetune-epochs")
     dev = resolve_device(device)
     model, manifest = load_model_dir(model_dir, device="cpu")
     if plan_path:
@@ -168,13 +172,16 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
     model = model.cpu()
     # copied on the CPU (not on the device measure() used): timed beside the compressed model at the end
     dense_twin = copy.deepcopy(model) if evaluate else None
+    teacher = copy.deepcopy(model) if distill else None  # the dense model, before compression swaps its layers
     t0 = time.monotonic()
     report = compress_(model, plan, stats=stats)
     compress_s = time.monotonic() - t0
     log(f"compressed {len(report)} module(s) in {compress_s:.1f} s")
     ft = None
     if finetune_epochs > 0:
-        ft = finetune_lm(model, c, recipe, finetune_epochs, lr=finetune_lr, device=dev, progress=progress, log=log)
+        ft = finetune_lm(model, c, recipe, finetune_epochs, lr=finetune_lr, device=dev, progress=progress, log=log,
+                         teacher=teacher, distill=distill or None)
+        del teacher
         model = ft["model"]
         side["compressed"]["test_ppl_before_finetune"] = None
     if evaluate:
@@ -189,7 +196,7 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
         "config": manifest.get("config"), "metrics": metrics,
         "compression": {"source": str(model_dir), "source_sha256": manifest["weights"]["sha256"],
                         "plan": plan.to_dict(), "report": report, "compress_seconds": compress_s,
-                        "finetune": {"epochs": finetune_epochs, "lr": finetune_lr,
+                        "finetune": {"epochs": finetune_epochs, "lr": finetune_lr, "distill": distill or None,
                                      "history": ft["history"] if ft else None}},
         "dense_metrics": side["dense"]})
     side["compressed"]["bytes_on_disk"] = bytes_on_disk(out)["total"]

@@ -1137,6 +1137,13 @@ def test_cli_compress_with_pruning_and_retraining_saves_csr_layers(tmp_path, mon
     assert kinds["encoder"] == "sparse_embedding" and kinds["decoder"] == "sparse_linear"
     ev = json.loads(run_cli(capsys, "eval", c, "--data", root, "--device", "cpu", "--json")[1])
     assert ev["test_ppl"] == pytest.approx(side["compressed"]["test_ppl"], rel=1e-6)
+    # retraining against the dense source (--distill) runs and is recorded in the manifest
+    d = tmp_path / "d"
+    rc, out, err = run_cli(capsys, "compress", m, "--method", "svd", "--ratio", 2, "--finetune-epochs", 1, "--distill",
+                           1, "--out", d, "--data", root, "--device", "cpu", "--json")
+    assert rc == 0, err
+    finetune = json.loads((d / "manifest.json").read_text())["compression"]["finetune"]
+    assert finetune["distill"] == 1.0 and len(finetune["history"]) == 2
 
 
 def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():

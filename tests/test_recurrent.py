@@ -431,7 +431,7 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
     (data / "ptb.test.txt").write_text(text(30))
     out = tmp_path / "res" / "recurrent.json"
     cmd = [sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb", "--data",
-           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp,hmd,lmf:lr=0.5;lr_end=0.1,tt:cell_clip=50",
+           str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp,kp:distill=0.5,hmd,lmf:lr=0.5;lr_end=0.1,tt:cell_clip=50",
            "--ratios", "6", "--epochs", "1", "--max-steps", "8", "--jobs", "2", "--work", str(tmp_path / "work"),
            "--out", str(out), "--cpu-repeats", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -452,6 +452,8 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
         clip = 50 if r["label"].startswith("tt:") else None
         assert r["cell_clip"] == clip and "cell_clip" not in r["config"], r["label"]
         assert json.loads((Path(r["model_dir"]) / "manifest.json").read_text())["architecture"].get("cell_clip") == clip
+        # kp's entry retrains against the dense baseline too; distill is the training's option, not the method's
+        assert r["distill"] == (0.5 if r["label"].startswith("kp:") else None) and "distill" not in r["config"]
         assert all(len(r["max_abs_cell"][s]) == 2 and min(r["max_abs_cell"][s]) > 0 for s in ("valid", "test"))
     assert all(len(base["max_abs_cell"][s]) == 2 for s in ("valid", "test"))
     assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
@@ -544,6 +546,12 @@ def test_a_methods_retraining_rate_is_taken_out_of_its_options_and_checked(bench
             mod.retrain_options("lmf:" + bad, mod.parse_method("lmf:" + bad)[2], args)
     # the command refuses it before it trains or even reads the corpus
     assert mod.main(["--preset", "tiny", "--corpus", "ptb", "--data", "/nonexistent", "--methods", "kp,lmf:lr=-1"]) == 2
+    # distill (a weight in [0, 1]) likewise stays for the run's spec and is checked up front
+    assert mod.retrain_options("kp", {"distill": 1}, args) == ({"distill": 1}, 1.0, 0.02)
+    for bad in ("distill=1.5", "distill=-1", "distill=x", "distill=true"):
+        with pytest.raises(LmshrinkError, match="distillation weight"):
+            mod.retrain_options("kp:" + bad, mod.parse_method("kp:" + bad)[2], args)
+    assert mod.main(["--preset", "tiny", "--corpus", "ptb", "--data", "/nonexistent", "--methods", "kp:distill=2"]) == 2
 
 
 def test_eval_windows_losses_add_up_to_the_evaluated_perplexity(bench_module):

@@ -158,6 +158,43 @@ def test_retraining_lowers_the_loss_after_compression():
     assert isinstance(m.encoder, LowRankEmbedding)
 
 
+def test_retraining_against_the_dense_classifier_brings_the_compressed_one_towards_it():
+    """train_classifier(teacher=dense, distill=1): after compression the model's predictions move towards the dense
+    model's (KL on the data falls, and further than the same retraining on labels alone); bad settings are refused."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from lmshrink.errors import LmshrinkError
+
+    torch.manual_seed(0)
+    data = _tiny_task()
+    dense = DANClassifier(30, 2, 16, hidden=16, dropout=0.0)
+    train_classifier(dense, data, None, epochs=3, batch_size=20, lr=1e-2, schedule="constant", adam_eps=1e-8,
+                     log=lambda *_: None)
+
+    def kl(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            x = torch.nn.utils.rnn.pad_sequence(data.ids, batch_first=True)
+            return float(F.kl_div(torch.log_softmax(model(x), -1), torch.log_softmax(dense(x), -1), log_target=True,
+                                  reduction="batchmean"))
+
+    runs = {}
+    for name, kw in (("labels", {}), ("teacher", {"teacher": copy.deepcopy(dense), "distill": 1.0})):
+        m = copy.deepcopy(dense)
+        compress_embedding(m, 0.1)
+        runs["start"] = kl(m)
+        train_classifier(m, data, None, epochs=4, batch_size=20, lr=1e-2, schedule="constant", adam_eps=1e-8,
+                         log=lambda *_: None, select_on_dev=False, **kw)
+        runs[name] = kl(m)
+    assert runs["teacher"] < runs["start"] and runs["teacher"] < runs["labels"], runs
+    with pytest.raises(LmshrinkError, match="both a teacher model and a weight"):
+        train_classifier(copy.deepcopy(dense), data, None, epochs=1, distill=0.5, log=lambda *_: None)
+    with pytest.raises(LmshrinkError, match="distillation weight"):
+        train_classifier(copy.deepcopy(dense), data, None, epochs=1, teacher=dense, distill=2.0, log=lambda *_: None)
+
+
 def test_training_calls_the_hooks():
     calls = []
 

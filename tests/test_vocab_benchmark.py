@@ -240,14 +240,47 @@ def test_vocab_benchmark_refuses_cuda_graph_without_cuda_before_any_work(tmp_pat
     assert not res.exists() and not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("bad", ["-0.1", "1"])
-def test_vocab_benchmark_refuses_a_bad_retraining_dropout_before_any_work(tmp_path, capsys, bench_module, bad):
+def test_distilled_runs_record_it_and_never_mix_with_plain_ones(tmp_path, bench_module, capsys):
+    """``--distill 1``: the setup and the table say how retraining used the dense model; a results file of plain
+    runs is not extended with distilled ones (its finished runs would be skipped as if they were), nor adopted."""
+    mod = bench_module("vocab")
+    data = tiny_corpus(tmp_path / "data")
+    common = ["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
+              "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4", "--methods", "svd",
+              "--finetune-lr", "1", "--work", str(tmp_path / "w")]
+    plain, taught = tmp_path / "plain.json", tmp_path / "kd.json"
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main([*common, "--results", str(plain)]) == 0
+        assert mod.main([*common, "--distill", "1", "--results", str(taught)]) == 0
+        a, b = json.loads(plain.read_text()), json.loads(taught.read_text())
+        assert a["setup"]["finetune_distill"] is None
+        assert b["setup"]["finetune_distill"] == {"weight": 1.0, "temperature": 1.0}
+        assert a["dense"]["test_ppl"] == b["dense"]["test_ppl"]  # the same dense model
+        assert b["runs"]["svd@4"]["test_ppl_after"] != a["runs"]["svd@4"]["test_ppl_after"]
+        assert "Retrained with distillation from the dense model: weight 1" in taught.with_suffix(".md").read_text()
+        capsys.readouterr()
+        assert mod.main([*common, "--distill", "1", "--results", str(plain)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "give another --results" in err[0]
+        assert json.loads(plain.read_text()) == a  # untouched
+        assert mod.main([*common, "--distill", "1", "--reuse", str(plain), "--results", str(tmp_path / "x.json")]) == 2
+        assert "retrained with distillation None" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("flag, bad, says", [
+    *(("--finetune-dropout", v, "--finetune-dropout must be in [0, 1)") for v in ("-0.1", "1")),
+    *(("--distill", v, "distillation weight must be a number in [0, 1]") for v in ("-0.1", "1.5", "nan")),
+    ("--distill-temperature", "0", "distillation temperature must be a positive number")])
+def test_vocab_benchmark_refuses_bad_retraining_settings_before_any_work(tmp_path, capsys, bench_module, flag, bad, says):
     mod = bench_module("vocab")
     res = tmp_path / "r.json"
-    assert mod.main(["--baseline", str(tmp_path / "none"), "--finetune-dropout", bad, "--results", str(res),
+    assert mod.main(["--baseline", str(tmp_path / "none"), flag, bad, "--results", str(res),
                      "--work", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert "--finetune-dropout must be in [0, 1)" in err and len(err.strip().splitlines()) == 1
+    assert says in err and len(err.strip().splitlines()) == 1
     assert not res.exists() and not (tmp_path / "w").exists()
 
 

@@ -20,6 +20,7 @@ from ..data.textcls import EncodedSplit, pad_batch
 from ..errors import LmshrinkError, check
 from . import hooks
 from .calr import CALR
+from .distill import check_distill, distill_loss
 
 SCHEDULES = ("calr", "constant", "cosine", "onecycle")
 
@@ -91,8 +92,13 @@ def train_classifier(model: nn.Module, train: EncodedSplit, dev: EncodedSplit | 
                      batch_size: int = 50, lr: float = 1e-3, schedule: str = "calr", adam_eps: float = 0.01,
                      calr_options: dict | None = None, weight_decay: float = 0.0, max_grad_norm: float | None = 5.0,
                      seed: int = 0, device: str | torch.device = "cpu", select_on_dev: bool = True,
-                     log=print) -> dict:
+                     log=print, teacher: nn.Module | None = None, distill: float | None = None,
+                     distill_temperature: float = 1.0) -> dict:
     """Train in place with Adam + ``schedule``; keep the best-dev-accuracy weights. Returns the history.
+
+    ``teacher`` (a classifier over the same inputs, e.g. the dense model a compressed one came from) and ``distill``,
+    a weight in [0, 1], train on ``(1 - distill) CE + distill T^2 KL(teacher || model)`` (Hinton et al. 2015,
+    ``lmshrink.train.distill``); the teacher runs in eval mode without gradients, the reported loss stays the data's.
 
     Calls :func:`lmshrink.train.hooks.extra_loss` before every backward and
     :func:`lmshrink.train.hooks.after_step` after every optimizer step, as every lmshrink loop does.
@@ -100,7 +106,11 @@ def train_classifier(model: nn.Module, train: EncodedSplit, dev: EncodedSplit | 
     check(epochs >= 1, f"epochs must be >= 1, got {epochs}")
     check(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
     check(len(train) > 0, "training split is empty")
+    check_distill(distill, distill_temperature)
+    check((teacher is None) == (not distill), "distillation needs both a teacher model and a weight above 0")
     device = torch.device(device)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad and p.is_floating_point()]
     check(params, "the model has no trainable parameters")
@@ -118,7 +128,12 @@ def train_classifier(model: nn.Module, train: EncodedSplit, dev: EncodedSplit | 
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
-            objective = loss + hooks.extra_loss(model)
+            fit = loss
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(x)  # (B, C)
+                fit = distill_loss(logits, soft, y, distill, distill_temperature)
+            objective = fit + hooks.extra_loss(model)
             opt.zero_grad(set_to_none=True)
             objective.backward()
             if max_grad_norm:

@@ -29,14 +29,17 @@ from ..models.lstm_lm import lm_loss
 class StaticLMStep:
     """Forward, loss (summed over the window, averaged over the batch), backward, clipping and SGD on static
     buffers ``inputs`` / ``targets`` (T, B) and hidden ``state``, which carries over between calls.
+    With a ``teacher`` (``train.distill.Teacher``) the step trains on its soft targets too; the returned loss
+    stays the data's cross-entropy.
 
     ``capture=True`` (CUDA only) runs ``warmup`` real steps eagerly on a side stream (cuDNN and the
     allocator settle there), captures the next step as a graph, and from then on replays it.
     """
 
     def __init__(self, model: nn.Module, params: list[nn.Parameter], bptt: int, batch_size: int,
-                 max_grad_norm: float | None, device: torch.device, capture: bool = False, warmup: int = 3):
-        self.model, self.params, self.max_grad_norm = model, params, max_grad_norm
+                 max_grad_norm: float | None, device: torch.device, capture: bool = False, warmup: int = 3,
+                 teacher=None):
+        self.model, self.params, self.max_grad_norm, self.teacher = model, params, max_grad_norm, teacher
         self.device, self.capture, self.warmup = device, capture, warmup
         self.inputs = torch.zeros(bptt, batch_size, dtype=torch.long, device=device)  # (T, B)
         self.targets = torch.zeros(bptt, batch_size, dtype=torch.long, device=device)  # (T, B)
@@ -70,7 +73,9 @@ class StaticLMStep:
             p.grad = None  # backward then *writes* fresh gradients (inside a graph: its own static buffers)
         logits, new_state = self.model(inputs, self.state)  # (T, B, V)
         loss = lm_loss(logits, targets)
-        (loss * inputs.size(0)).backward()
+        # the teacher's forward (and its in-place state update) is captured with the step
+        fit = self.teacher.loss(logits, inputs, targets) if self.teacher is not None else loss
+        (fit * inputs.size(0)).backward()
         with torch.no_grad():
             grads = [p.grad for p in self.params]
             if self.max_grad_norm:

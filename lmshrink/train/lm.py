@@ -29,6 +29,7 @@ from ..data import Corpus, batchify, bptt_windows
 from ..errors import DivergedError, LmshrinkError, check
 from ..models.lstm_lm import Preset, detach_state, lm_loss
 from . import hooks
+from .distill import Teacher, check_distill
 
 
 def seed_everything(seed: int) -> None:
@@ -128,18 +129,23 @@ class _Checkpoint:
 
     def __init__(self, out_dir: Path | None):
         self.dir = Path(str(out_dir) + ".checkpoint") if out_dir is not None else None
+        self.teacher_state = []  # filled by load() when the run distilled from a teacher
 
     def exists(self) -> bool:
         return self.dir is not None and (self.dir / "trainer.json").is_file()
 
-    def save(self, model, trainer: dict, state) -> None:
+    def save(self, model, trainer: dict, state, teacher_state=None) -> None:
         if self.dir is None:
             return
         from ..io import save_model_dir, write_json_atomic
 
         save_model_dir(model, self.dir / "model")
-        tensors = {f"h{i}": h.detach().float().cpu().contiguous() for i, (h, _) in enumerate(state)}
-        tensors.update({f"c{i}": c.detach().float().cpu().contiguous() for i, (_, c) in enumerate(state)})
+        tensors = {}
+        # the distillation teacher's hidden state too: a run resumed mid-epoch goes on with the same soft targets
+        for prefix, st in (("", state), ("teacher_", teacher_state or [])):
+            for i, (h, c) in enumerate(st):
+                tensors[f"{prefix}h{i}"] = h.detach().float().cpu().contiguous()
+                tensors[f"{prefix}c{i}"] = c.detach().float().cpu().contiguous()
         tensors["rng_cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng_cuda"] = torch.cuda.get_rng_state()
@@ -156,6 +162,8 @@ class _Checkpoint:
         t = load_file(str(self.dir / "state.safetensors"))
         n = sum(1 for k in t if k.startswith("h"))
         state = [(t[f"h{i}"].to(device), t[f"c{i}"].to(device)) for i in range(n)]
+        n_t = sum(1 for k in t if k.startswith("teacher_h"))
+        self.teacher_state = [(t[f"teacher_h{i}"].to(device), t[f"teacher_c{i}"].to(device)) for i in range(n_t)]
         torch.set_rng_state(t["rng_cpu"])
         if "rng_cuda" in t and torch.cuda.is_available():
             torch.cuda.set_rng_state(t["rng_cuda"])
@@ -169,12 +177,15 @@ class _Checkpoint:
 def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Path | None = None,
              device: str | torch.device = "cpu", epochs: int | None = None, max_steps: int | None = None,
              seed: int = 0, precision: str = "auto", progress: bool = True, resume: bool = True,
-             checkpoint_every_s: float = 300.0, lr_fn=None, log=print, cuda_graph: bool = False) -> dict:
+             checkpoint_every_s: float = 300.0, lr_fn=None, log=print, cuda_graph: bool = False,
+             teacher=None) -> dict:
     """Train ``model`` with Zaremba's recipe; returns metrics and the (possibly resumed) model.
 
     ``epochs`` / ``max_steps`` cut a run short. ``lr_fn(epoch) -> lr`` overrides the schedule.
     ``cuda_graph`` captures the training step once as a CUDA graph and replays it (``train.graphed``):
     CUDA, fp32 and models without per-step training hooks only.
+    ``teacher`` (a :class:`lmshrink.train.distill.Teacher`) trains on its soft targets as well as the data
+    (Hinton et al. 2015); the reported train perplexity stays the data's.
     Returns a dict with ``model``, ``valid_ppl``, ``history``, ``wall_s``, ``train_tokens_per_s``.
     """
     from tqdm.auto import tqdm
@@ -199,12 +210,18 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
         # the epoch's running loss goes with the checkpoint, so a resumed epoch reports the whole epoch
         trainer.update(wall_s=time.monotonic() - t_start, epoch_loss_sum=float(loss_sum) if loss_sum is not None else 0.0,
                        epoch_tokens=tok_sum, epoch_seconds=time.monotonic() - t_epoch)
-        ckpt.save(model, trainer, state)
+        ckpt.save(model, trainer, state, teacher.state if teacher is not None else None)
 
     if resume and ckpt.exists():
         model, trainer, state = ckpt.load(device)
         log(f"resuming from {ckpt.dir} at epoch {trainer['epoch'] + 1}, step {trainer['step_in_epoch']}")
     model = model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).reset_state(recipe.batch_size, device)
+        if state is not None and trainer["step_in_epoch"] > 0 and ckpt.teacher_state:
+            for (h, c), (h2, c2) in zip(teacher.state, ckpt.teacher_state):
+                h.copy_(h2)
+                c.copy_(c2)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_fn(trainer["epoch"]))
     amp = autocast_for(device, precision)
@@ -215,7 +232,8 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
         check_graphable(device, precision)
         why = graph_ready(model)
         check(why is None, f"--cuda-graph cannot capture this model: {why}")
-        static = StaticLMStep(model, params, recipe.bptt, recipe.batch_size, recipe.max_grad_norm, device, capture=True)
+        static = StaticLMStep(model, params, recipe.bptt, recipe.batch_size, recipe.max_grad_norm, device, capture=True,
+                              teacher=teacher)
         if state is not None:
             static.load_state(state)
     last_ckpt = time.monotonic()
@@ -231,6 +249,8 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                 state = model.init_state(recipe.batch_size, device)
                 if static is not None:
                     static.reset_state()
+                if teacher is not None:
+                    teacher.reset_state(recipe.batch_size, device)
             if static is not None:
                 static.set_lr(lr_fn(epoch))
                 state = static.state
@@ -253,8 +273,9 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                     with amp:
                         logits, state = model(inputs, state)
                         loss = lm_loss(logits, targets)
+                        fit = teacher.loss(logits, inputs, targets) if teacher is not None else loss
                     # TF tutorial scale: summed over the window, averaged over the batch.
-                    objective = loss * inputs.size(0) + hooks.extra_loss(model)
+                    objective = fit * inputs.size(0) + hooks.extra_loss(model)
                     opt.zero_grad(set_to_none=True)
                     objective.backward()
                     if recipe.max_grad_norm:
@@ -372,7 +393,8 @@ class _FinetuneCheckpoint:
 def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, lr: float | None = None,
                 device: str | torch.device = "cpu", progress: bool = True, precision: str = "auto",
                 seed: int = 0, log=print, checkpoint_dir: str | Path | None = None, cuda_graph: bool = False,
-                dropout: float | None = None) -> dict:
+                dropout: float | None = None, teacher: nn.Module | None = None, distill: float | None = None,
+                distill_temperature: float = 1.0) -> dict:
     """Retrain a (compressed) model: SGD from ``lr`` (default ``recipe.lr / 10``), divided by 10 whenever
     validation perplexity stops improving, as GroupReduce's retraining does (Chen et al. 2018, Sec. 3.4).
     The best weights seen on validation are kept.
@@ -387,6 +409,11 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     never drops). Why: a model trained without dropout (PTB ``small``) overfits within a retraining epoch at
     rate 0.1, and a regularized retraining may serve every method better.
 
+    ``teacher`` (the dense model the compressed one came from) and ``distill``, a weight in [0, 1], retrain on
+    ``(1 - distill) * CE(data) + distill * T^2 * KL(teacher || model)`` at temperature ``distill_temperature``
+    (Hinton et al. 2015; ``lmshrink.train.distill``). Validation, the rate schedule and the kept best state
+    still go by the data's perplexity.
+
     With ``checkpoint_dir`` the state after every epoch is kept there and a later call with the same
     model resumes after the last finished epoch (the same result as one uninterrupted call, since each
     epoch's seed is ``seed + epoch + 1``); the folder is removed when retraining ends.
@@ -394,13 +421,17 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     check(epochs >= 0, "finetune epochs must be >= 0")
     check_finetune_lr(lr)
     check_finetune_dropout(dropout)
+    check_distill(distill, distill_temperature)
+    check((teacher is None) == (not distill), "distillation needs both a teacher model and a weight above 0")
+    tutor = Teacher(teacher, distill, distill_temperature) if teacher is not None else None
     with training_forms(model):  # CSR-pruned layers retrain as dense x fixed pattern, CSR again afterwards
         return _finetune(model, corpus, recipe, epochs, lr=lr, device=device, progress=progress, precision=precision,
-                         seed=seed, log=log, checkpoint_dir=checkpoint_dir, cuda_graph=cuda_graph, dropout=dropout)
+                         seed=seed, log=log, checkpoint_dir=checkpoint_dir, cuda_graph=cuda_graph, dropout=dropout,
+                         teacher=tutor)
 
 
 def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, lr, device, progress, precision, seed,
-              log, checkpoint_dir, cuda_graph, dropout) -> dict:
+              log, checkpoint_dir, cuda_graph, dropout, teacher) -> dict:
     """:func:`finetune_lm`'s loop, on the model in its training form."""
     device = resolve_device(device)
     model = model.to(device)
@@ -408,6 +439,8 @@ def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, 
     settings = {"lr": recipe.lr / 10 if lr is None else lr, "epochs": epochs, "seed": seed}
     if dropout is not None:
         settings["dropout"] = float(dropout)  # a checkpoint made with another rate is not resumed
+    if teacher is not None:
+        settings["distill"] = [teacher.weight, teacher.temperature]  # nor one made with another teacher weighting
     graph_info = None
     if cuda_graph:
         from .graphed import check_graphable, graph_ready
@@ -437,7 +470,7 @@ def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, 
             try:
                 out = train_lm(model, corpus, recipe, out_dir=None, device=device, epochs=1, seed=seed + epoch + 1,
                                precision=precision, progress=progress, lr_fn=lambda e: current[0], log=lambda *_: None,
-                               cuda_graph=cuda_graph)
+                               cuda_graph=cuda_graph, teacher=teacher)
                 v = out["valid_ppl"]
                 if out.get("cuda_graph") and graph_info is not None:  # the last epoch's capture says how it went
                     graph_info.update(out["cuda_graph"])
