@@ -13,8 +13,7 @@ recipes and writes:
 - every ratio each file holds (the 10x / 50x curve).
 
     python benchmarks/recurrent_report.py benchmarks/results/recurrent.json \
-        benchmarks/results/recurrent_medium_e10_lr*.json benchmarks/results/recurrent_medium_e10_tt_order.json \
-        benchmarks/results/recurrent_medium_e20_lr1*.json \
+        benchmarks/results/recurrent_medium_e10_*.json benchmarks/results/recurrent_medium_e20_*.json \
         benchmarks/results/recurrent_medium_e30_lr1*.json benchmarks/results/recurrent_medium_scratch.json --group medium/ptb --out benchmarks/results/recurrent_recipes.md
 """
 

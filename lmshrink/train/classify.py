@@ -20,7 +20,7 @@ from ..data.textcls import EncodedSplit, pad_batch
 from ..errors import LmshrinkError, check
 from . import hooks
 from .calr import CALR
-from .distill import check_distill, distill_loss
+from .distill import check_teacher, distill_loss
 
 SCHEDULES = ("calr", "constant", "cosine", "onecycle")
 
@@ -106,8 +106,7 @@ def train_classifier(model: nn.Module, train: EncodedSplit, dev: EncodedSplit | 
     check(epochs >= 1, f"epochs must be >= 1, got {epochs}")
     check(batch_size >= 1, f"batch size must be >= 1, got {batch_size}")
     check(len(train) > 0, "training split is empty")
-    check_distill(distill, distill_temperature)
-    check((teacher is None) == (not distill), "distillation needs both a teacher model and a weight above 0")
+    check_teacher(teacher, distill, distill_temperature)
     device = torch.device(device)
     if teacher is not None:
         teacher = teacher.to(device).eval()

@@ -39,11 +39,19 @@ def check_distill(weight: float | None, temperature: float = 1.0) -> None:
           and temperature > 0, f"distillation temperature must be a positive number, got {temperature!r}")
 
 
+def check_teacher(teacher, weight: float | None, temperature: float = 1.0) -> None:
+    """A training loop's distillation settings: a valid weight and temperature, and a teacher exactly when the weight
+    is above 0 (a teacher without a weight, or a weight without a teacher, is a mistake worth one clear line)."""
+    check_distill(weight, temperature)
+    check((teacher is None) == (not weight), "distillation needs both a teacher model and a weight above 0")
+
+
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, weight: float,
                  temperature: float = 1.0) -> torch.Tensor:
     """Hinton et al.'s objective, mean per token: ``(1 - w) CE(y, p_S) + w T^2 KL(p_T || p_S)`` at temperature T.
 
-    student_logits, teacher_logits: (T, B, V); targets: (T, B). Computed in float32 whatever the logits' dtype.
+    student_logits, teacher_logits: (..., V), e.g. (T, B, V) for a language model or (B, C) for a classifier;
+    targets: the leading shape, (T, B) or (B,). Computed in float32 whatever the logits' dtype.
     """
     check(student_logits.shape == teacher_logits.shape,
           f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")

@@ -29,7 +29,7 @@ from ..data import Corpus, batchify, bptt_windows
 from ..errors import DivergedError, LmshrinkError, check
 from ..models.lstm_lm import Preset, detach_state, lm_loss
 from . import hooks
-from .distill import Teacher, check_distill
+from .distill import Teacher, check_teacher
 
 
 def seed_everything(seed: int) -> None:
@@ -421,8 +421,7 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     check(epochs >= 0, "finetune epochs must be >= 0")
     check_finetune_lr(lr)
     check_finetune_dropout(dropout)
-    check_distill(distill, distill_temperature)
-    check((teacher is None) == (not distill), "distillation needs both a teacher model and a weight above 0")
+    check_teacher(teacher, distill, distill_temperature)
     tutor = Teacher(teacher, distill, distill_temperature) if teacher is not None else None
     with training_forms(model):  # CSR-pruned layers retrain as dense x fixed pattern, CSR again afterwards
         return _finetune(model, corpus, recipe, epochs, lr=lr, device=device, progress=progress, precision=precision,
