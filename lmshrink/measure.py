@@ -222,7 +222,7 @@ class GraphedLMForward:
 
     def __init__(self, model: nn.Module, ids: torch.Tensor, warmup: int = 3, fused: bool = False,
                  autocast_dtype: torch.dtype | None = None):
-        from .models.lstm_lm import fused_lstm
+        from .models.lstm_lm import copy_state_, fused_lstm
 
         device = ids.device
         check(device.type == "cuda", f"a CUDA graph needs a CUDA device, got {device}")
@@ -246,9 +246,7 @@ class GraphedLMForward:
             try:
                 with torch.cuda.graph(self.graph), amp():  # records; nothing runs until replay
                     logits, new_state = model(self.ids, self.state)
-                    for (h, c), (h2, c2) in zip(self.state, new_state):
-                        h.copy_(h2)
-                        c.copy_(c2)
+                    copy_state_(self.state, new_state)
             except Exception as e:
                 kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, CompressedLayer)})
                 raise RuntimeError(

@@ -221,6 +221,23 @@ def detach_state(state):
     return [(h.detach(), c.detach()) for h, c in state]
 
 
+@torch.no_grad()
+def copy_state_(dst, src) -> None:
+    """Copy hidden state ``src`` into the tensors of ``dst`` in place ([(h, c)] per layer, same shapes). In place
+    because a captured CUDA graph keeps reading and writing the same tensors."""
+    for (h, c), (h2, c2) in zip(dst, src):
+        h.copy_(h2)
+        c.copy_(c2)
+
+
+@torch.no_grad()
+def zero_state_(state) -> None:
+    """Zero hidden state [(h, c)] per layer in place (a new epoch, without new tensors: see :func:`copy_state_`)."""
+    for h, c in state:
+        h.zero_()
+        c.zero_()
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per token; (T, B, V), (T, B) -> scalar."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

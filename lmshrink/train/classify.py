@@ -20,7 +20,7 @@ from ..data.textcls import EncodedSplit, pad_batch
 from ..errors import LmshrinkError, check
 from . import hooks
 from .calr import CALR
-from .distill import check_teacher, distill_loss
+from .distill import blend, check_teacher
 
 SCHEDULES = ("calr", "constant", "cosine", "onecycle")
 
@@ -131,7 +131,7 @@ def train_classifier(model: nn.Module, train: EncodedSplit, dev: EncodedSplit | 
             if teacher is not None:
                 with torch.no_grad():
                     soft = teacher(x)  # (B, C)
-                fit = distill_loss(logits, soft, y, distill, distill_temperature)
+                fit = blend(loss, logits, soft, distill, distill_temperature)
             objective = fit + hooks.extra_loss(model)
             opt.zero_grad(set_to_none=True)
             objective.backward()

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import check
+from ..models.lstm_lm import copy_state_, zero_state_
 
 
 def check_distill(weight: float | None, temperature: float = 1.0) -> None:
@@ -46,21 +47,20 @@ def check_teacher(teacher, weight: float | None, temperature: float = 1.0) -> No
     check((teacher is None) == (not weight), "distillation needs both a teacher model and a weight above 0")
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, weight: float,
-                 temperature: float = 1.0) -> torch.Tensor:
-    """Hinton et al.'s objective, mean per token: ``(1 - w) CE(y, p_S) + w T^2 KL(p_T || p_S)`` at temperature T.
+def blend(ce: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
+          temperature: float = 1.0) -> torch.Tensor:
+    """Hinton et al.'s objective from the data's cross-entropy ``ce`` (mean per token, as the training loops already
+    compute it for their logs): ``(1 - w) ce + w T^2 KL(p_T || p_S)`` at temperature T, KL mean per token.
 
-    student_logits, teacher_logits: (..., V), e.g. (T, B, V) for a language model or (B, C) for a classifier;
-    targets: the leading shape, (T, B) or (B,). Computed in float32 whatever the logits' dtype.
+    student_logits, teacher_logits: (..., V), e.g. (T, B, V) for a language model or (B, C) for a classifier.
+    The KL is computed in float32 whatever the logits' dtype.
     """
     check(student_logits.shape == teacher_logits.shape,
           f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ")
-    s = student_logits.reshape(-1, student_logits.size(-1)).float()  # (N, V)
-    t = teacher_logits.reshape(-1, teacher_logits.size(-1)).float().detach()  # (N, V)
-    loss = s.new_zeros(())
-    if weight < 1.0:
-        loss = loss + (1.0 - weight) * F.cross_entropy(s, targets.reshape(-1))
+    loss = (1.0 - weight) * ce if weight < 1.0 else ce.new_zeros(())
     if weight > 0.0:
+        s = student_logits.reshape(-1, student_logits.size(-1)).float()  # (N, V)
+        t = teacher_logits.reshape(-1, teacher_logits.size(-1)).float().detach()  # (N, V)
         log_p_s = F.log_softmax(s / temperature, dim=-1)
         log_p_t = F.log_softmax(t / temperature, dim=-1)
         kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")  # sum over V, mean over N
@@ -68,23 +68,30 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
     return loss
 
 
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, weight: float,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """:func:`blend` with the cross-entropy computed here: targets have the logits' leading shape, (T, B) or (B,)."""
+    ce = F.cross_entropy(student_logits.reshape(-1, student_logits.size(-1)).float(), targets.reshape(-1))
+    return blend(ce, student_logits, teacher_logits, weight, temperature)
+
+
 class Teacher:
     """A frozen dense model that produces soft targets window by window, its hidden state carried like the student's.
 
     ``weight`` and ``temperature`` as in :func:`distill_loss`. The teacher's parameters are never trained (it runs
-    without gradients) and it always runs in eval mode (``model`` is switched to it); ``state`` is a list of fixed tensors updated in place, so a captured CUDA graph
-    (``train.graphed``) replays the teacher's forward too.
+    without gradients) and it runs in eval mode (``model`` is switched to it here, once); ``state`` is a list of
+    fixed tensors updated in place, so a captured CUDA graph (``train.graphed``) replays the teacher's forward too.
     """
 
     def __init__(self, model: nn.Module, weight: float, temperature: float = 1.0):
         check_distill(weight, temperature)
         check(hasattr(model, "init_state"), "the distillation teacher must be a language model with init_state()")
         # the teacher runs under no_grad (``logits``): its parameters' flags stay the caller's
-        self.model, self.weight, self.temperature = model, float(weight), float(temperature)
+        self.model, self.weight, self.temperature = model.eval(), float(weight), float(temperature)
         self.state = None
 
     def to(self, device: torch.device) -> Teacher:
-        self.model = self.model.to(device).eval()
+        self.model = self.model.to(device)
         return self
 
     def reset_state(self, batch_size: int, device: torch.device) -> None:
@@ -92,21 +99,15 @@ class Teacher:
         if self.state is None or self.state[0][0].shape[0] != batch_size or self.state[0][0].device != device:
             self.state = self.model.init_state(batch_size, device)
         else:
-            with torch.no_grad():
-                for h, c in self.state:
-                    h.zero_()
-                    c.zero_()
+            zero_state_(self.state)
 
     @torch.no_grad()
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``inputs`` (T, B) -> (T, B, V); its hidden state moves on by the window."""
-        self.model.eval()
         out, new_state = self.model(inputs, self.state)
-        for (h, c), (h2, c2) in zip(self.state, new_state):
-            h.copy_(h2)
-            c.copy_(c2)
+        copy_state_(self.state, new_state)
         return out
 
-    def loss(self, student_logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The retraining objective per token for one window (see :func:`distill_loss`)."""
-        return distill_loss(student_logits, self.logits(inputs), targets, self.weight, self.temperature)
+    def loss(self, student_logits: torch.Tensor, inputs: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        """The retraining objective per token for one window, from the data's cross-entropy ``ce`` (:func:`blend`)."""
+        return blend(ce, student_logits, self.logits(inputs), self.weight, self.temperature)

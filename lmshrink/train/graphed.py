@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import check
-from ..models.lstm_lm import lm_loss
+from ..models.lstm_lm import copy_state_, lm_loss, zero_state_
 
 
 class StaticLMStep:
@@ -55,16 +55,10 @@ class StaticLMStep:
         self.lr.fill_(lr)
 
     def load_state(self, state) -> None:
-        with torch.no_grad():
-            for (h, c), (h2, c2) in zip(self.state, state):
-                h.copy_(h2)
-                c.copy_(c2)
+        copy_state_(self.state, state)
 
     def reset_state(self) -> None:
-        with torch.no_grad():
-            for h, c in self.state:
-                h.zero_()
-                c.zero_()
+        zero_state_(self.state)
 
     # ------------------------------------------------------------------ the step
     def _sgd_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -74,7 +68,7 @@ class StaticLMStep:
         logits, new_state = self.model(inputs, self.state)  # (T, B, V)
         loss = lm_loss(logits, targets)
         # the teacher's forward (and its in-place state update) is captured with the step
-        fit = self.teacher.loss(logits, inputs, targets) if self.teacher is not None else loss
+        fit = self.teacher.loss(logits, inputs, loss) if self.teacher is not None else loss
         (fit * inputs.size(0)).backward()
         with torch.no_grad():
             grads = [p.grad for p in self.params]

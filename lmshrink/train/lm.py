@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..compress import training_forms
 from ..data import Corpus, batchify, bptt_windows
 from ..errors import DivergedError, LmshrinkError, check
-from ..models.lstm_lm import Preset, detach_state, lm_loss
+from ..models.lstm_lm import Preset, copy_state_, detach_state, lm_loss
 from . import hooks
 from .distill import Teacher, check_teacher
 
@@ -129,7 +129,6 @@ class _Checkpoint:
 
     def __init__(self, out_dir: Path | None):
         self.dir = Path(str(out_dir) + ".checkpoint") if out_dir is not None else None
-        self.teacher_state = []  # filled by load() when the run distilled from a teacher
 
     def exists(self) -> bool:
         return self.dir is not None and (self.dir / "trainer.json").is_file()
@@ -162,12 +161,12 @@ class _Checkpoint:
         t = load_file(str(self.dir / "state.safetensors"))
         n = sum(1 for k in t if k.startswith("h"))
         state = [(t[f"h{i}"].to(device), t[f"c{i}"].to(device)) for i in range(n)]
-        n_t = sum(1 for k in t if k.startswith("teacher_h"))
-        self.teacher_state = [(t[f"teacher_h{i}"].to(device), t[f"teacher_c{i}"].to(device)) for i in range(n_t)]
+        n_t = sum(1 for k in t if k.startswith("teacher_h"))  # 0 unless the run distilled from a teacher
+        teacher_state = [(t[f"teacher_h{i}"].to(device), t[f"teacher_c{i}"].to(device)) for i in range(n_t)]
         torch.set_rng_state(t["rng_cpu"])
         if "rng_cuda" in t and torch.cuda.is_available():
             torch.cuda.set_rng_state(t["rng_cuda"])
-        return model, trainer, state
+        return model, trainer, state, teacher_state
 
     def remove(self) -> None:
         if self.dir is not None:
@@ -212,16 +211,15 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                        epoch_tokens=tok_sum, epoch_seconds=time.monotonic() - t_epoch)
         ckpt.save(model, trainer, state, teacher.state if teacher is not None else None)
 
+    teacher_state = []  # the teacher's hidden state in a checkpoint resumed mid-epoch
     if resume and ckpt.exists():
-        model, trainer, state = ckpt.load(device)
+        model, trainer, state, teacher_state = ckpt.load(device)
         log(f"resuming from {ckpt.dir} at epoch {trainer['epoch'] + 1}, step {trainer['step_in_epoch']}")
     model = model.to(device).train()
     if teacher is not None:
         teacher.to(device).reset_state(recipe.batch_size, device)
-        if state is not None and trainer["step_in_epoch"] > 0 and ckpt.teacher_state:
-            for (h, c), (h2, c2) in zip(teacher.state, ckpt.teacher_state):
-                h.copy_(h2)
-                c.copy_(c2)
+        if state is not None and trainer["step_in_epoch"] > 0 and teacher_state:
+            copy_state_(teacher.state, teacher_state)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_fn(trainer["epoch"]))
     amp = autocast_for(device, precision)
@@ -273,7 +271,7 @@ def train_lm(model: nn.Module, corpus: Corpus, recipe: Preset, out_dir: str | Pa
                     with amp:
                         logits, state = model(inputs, state)
                         loss = lm_loss(logits, targets)
-                        fit = teacher.loss(logits, inputs, targets) if teacher is not None else loss
+                        fit = teacher.loss(logits, inputs, loss) if teacher is not None else loss
                     # TF tutorial scale: summed over the window, averaged over the batch.
                     objective = fit * inputs.size(0) + hooks.extra_loss(model)
                     opt.zero_grad(set_to_none=True)
