@@ -30,7 +30,9 @@ Methods (``--methods``):
 ``--finetune-lr 0.1,0.01`` runs every method at each first rate (keys ``method@rate@lr0.1``) and judges each
 (method, rate) at the rate its *validation* perplexity prefers (``done_runs``): one shared rate favours
 whichever method likes it (PTB small, CPU, 10x: at 0.01 GroupReduce 123.52 vs pruning 124.23, at 0.1 121.20
-vs 120.50).
+vs 120.50). ``--finetune-lr-for svd=0.01`` (repeatable) gives one method its own first rates instead, e.g. each at
+the rate validation chose for it at another ratio, at half the cost of running every method at every rate
+(``results/vocab_ptb_large_rates.json``); the results' ``setup.finetune_lr_for`` records it.
 
 ``--reuse OLD.json`` (repeatable) adopts the finished runs of an earlier result file made from the same
 dense model (its in-run dense test perplexity must match this run's to 1e-9 relative) with the same retraining
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -212,6 +215,25 @@ def parse_lrs(text: str | None) -> list[float | None]:
     return lrs
 
 
+def parse_lrs_for(items: list[str]) -> dict[str, list[float | None]]:
+    """``--finetune-lr-for METHOD=RATES`` (repeatable): a method's own first rates, each checked like
+    ``--finetune-lr``'s. Why: the first rate a method's validation prefers differs by method (PTB large, 6.6x:
+    SVD 0.01, GroupReduce and pruning 0.1), and running every method at every rate doubles the cost."""
+    out = {}
+    for item in items:
+        method, sep, rates = item.partition("=")
+        check(sep and method in METHODS, f"--finetune-lr-for takes METHOD=RATES with METHOD one of {', '.join(METHODS)}, "
+                                         f"got {item!r}")
+        check(method not in out, f"--finetune-lr-for {method} given twice")
+        out[method] = parse_lrs(rates)
+    return out
+
+
+def lrs_for(method: str, args) -> list[float | None]:
+    """The first retraining rates ``method`` runs at: its ``--finetune-lr-for`` list, else ``--finetune-lr``'s."""
+    return args.method_lrs.get(method, args.finetune_lrs)
+
+
 def run_key(method: str, rate: float, lr: float | None, several_lrs: bool) -> str:
     """``method@rate``, plus ``@lrX`` when ``--finetune-lr`` lists several first rates (one run per rate)."""
     return f"{method}@{rate:g}" + (f"@lr{lr:g}" if several_lrs else "")
@@ -254,11 +276,11 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         n = 0
         for r in old["runs"].values():
             lr = r.get("finetune_lr")
-            if (r.get("status") not in ("done", "refused") or r.get("method") not in methods or lr not in args.finetune_lrs
+            if (r.get("status") not in ("done", "refused") or r.get("method") not in methods or lr not in lrs_for(r["method"], args)
                     or r.get("rate") not in asked_rates(r["method"], args)):
                 continue  # not asked for in this run
             want = method_config(r["method"], r["rate"], args) or {}
-            if r["status"] == "done" and any((r.get("config") or {}).get(k) != v for k, v in want.items()):
+            if r["status"] == "done" and any(saved_setting(r.get("config"), k, want) != v for k, v in want.items()):
                 continue  # other blocks, rank rule, bits...: not this run's recipe
             key = run_key(r["method"], r["rate"], lr, several)
             if key not in results["runs"]:
@@ -267,6 +289,16 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         log(f"--reuse {p}: {n} finished run(s) adopted")
     if reuse:
         results["setup"]["reused_from"] = sorted({p for p, _ in reuse})
+
+
+def saved_setting(config: dict | None, key: str, want: dict):
+    """A finished run's ``key`` setting; a key its config lacks was saved before that option existed, when the run
+    had the option's default (``rank_multiple`` came in stop 14: older GroupReduce runs are rank_multiple=1)."""
+    config = config or {}
+    if key in config:
+        return config[key]
+    defaults = {f.name: f.default for f in dataclasses.fields(type(make_config(**want)))}
+    return defaults.get(key)
 
 
 def distill_setting(args) -> dict | None:
@@ -379,7 +411,15 @@ def run_parallel(todo, args, record, out_of_time, log) -> bool:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for f in done:
-                    record(running.pop(f)[3], f.result())
+                    key = running.pop(f)[3]
+                    try:
+                        row = f.result()
+                    except Exception as e:  # noqa: BLE001 - one worker's crash must not lose the runs still in flight
+                        # not recorded, so the same command runs it again (a refused run is recorded and skipped)
+                        log(f"{key}: failed in its worker ({e.__class__.__name__}: {e}); rerun the same command to retry it")
+                        paused = True
+                        continue
+                    record(key, row)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -393,6 +433,18 @@ UNCONVERGED = 0.98  # a retrained run below this share of dense perplexity: the 
 # a win by less than this share of dense perplexity is reported as within noise: the same PTB small recipe and seed
 # trained three times gave test 112.51, 112.55 and 113.31 (baselines.json), a 0.7% spread
 NOISE = 0.005
+
+
+def may_start(elapsed: float, time_limit: float, took: list[float]) -> bool:
+    """Whether a new run may start ``elapsed`` seconds in (``--time-limit``; 0: no limit): not after the limit, nor
+    when the runs finished so far in this invocation (their median wall time, taken under the same load of parallel
+    jobs) say it would end after it. Why: a run cut at the end of a lent machine is lost with the machine, and a
+    fixed margin either wastes the machine's last minutes (stop 21: 4 idle minutes) or starts runs that cannot end."""
+    if not time_limit:
+        return True
+    if elapsed > time_limit:
+        return False
+    return not took or elapsed + statistics.median(took) <= time_limit
 
 
 def win_note(margin: float, dense_ppl: float) -> str:
@@ -553,6 +605,9 @@ def main(argv=None) -> int:
                     help="retraining's first learning rate (default: the recipe's lr / 10); divided by 10 on each "
                          "epoch that does not improve validation perplexity. A comma list (0.1,0.01) runs every "
                          "method at each rate and judges each at the rate its validation perplexity prefers")
+    ap.add_argument("--finetune-lr-for", action="append", default=[], metavar="METHOD=RATES",
+                    help="first rates for one method instead of --finetune-lr's (repeatable), e.g. svd=0.01 or "
+                         "svd=0.1,0.01; where methods run at different rates every run key carries its rate")
     ap.add_argument("--finetune-dropout", type=float, default=None,
                     help="dropout rate during retraining only (default: the recipe's; PTB small has none)")
     ap.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
@@ -569,7 +624,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/vocab", help="where baseline and compressed models are written")
     ap.add_argument("--results", default="benchmarks/results/vocab.json")
-    ap.add_argument("--time-limit", type=float, default=0, help="seconds; no new run starts after this (0: none)")
+    ap.add_argument("--time-limit", type=float, default=0,
+                    help="seconds; no new run starts after this, nor one that the runs finished so far (their median "
+                         "wall time) say would end after it (0: none)")
     ap.add_argument("--redo", action="store_true", help="rerun finished runs")
     ap.add_argument("--reuse", action="append", default=[], metavar="OLD.json",
                     help="adopt the finished runs of an earlier result of the same dense model (repeatable)")
@@ -593,6 +650,7 @@ def main(argv=None) -> int:
     try:
         args.finetune_lrs = parse_lrs(args.finetune_lr)  # before the baseline loads
         args.finetune_lr = args.finetune_lrs[0] if len(args.finetune_lrs) == 1 else args.finetune_lrs
+        args.method_lrs = parse_lrs_for(args.finetune_lr_for)
         reuse = load_reuse(args.reuse)
         if args.cuda_graph:
             check_graphable(device, args.precision)
@@ -625,9 +683,10 @@ def main(argv=None) -> int:
         return 2
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+                 finetune_lr_for={m: v for m, v in args.method_lrs.items() if m in methods} or None,
                  finetune_dropout=args.finetune_dropout, finetune_distill=distill_setting(args),
                  eval_batch=args.eval_batch,
-                 jobs=args.jobs, cuda_graph=args.cuda_graph, versions=versions(),
+                 jobs=args.jobs, cuda_graph=args.cuda_graph, precision=args.precision, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)
     results["setup"] = setup
     results.setdefault("runs", {})
@@ -640,7 +699,7 @@ def main(argv=None) -> int:
                         "bits": totals(dense)["bits"], "vocab_bits": args._dense_vocab_bits,
                         "tokens_per_s": speed(dense, len(corpus.vocab), device)}
     log(f"dense: test ppl {ev['test']:.2f}, valid {ev['valid']:.2f}")
-    several = len(args.finetune_lrs) > 1
+    several = len({lr for m in methods for lr in lrs_for(m, args)}) > 1
     try:
         reuse_runs(results, reuse, methods, args, several, log)
     except LmshrinkError as e:
@@ -651,7 +710,7 @@ def main(argv=None) -> int:
     todo = []  # (method, rate, first retraining rate, key)
     for m in methods:
         for r in asked_rates(m, args):
-            for lr in args.finetune_lrs:
+            for lr in lrs_for(m, args):
                 key = run_key(m, r, lr, several)
                 if not args.redo and results["runs"].get(key, {}).get("status") in ("done", "refused"):
                     log(f"{key}: finished earlier, skipped")
@@ -660,6 +719,8 @@ def main(argv=None) -> int:
 
     def record(key: str, row: dict) -> None:
         results["runs"][key] = row
+        if row.get("wall_s"):
+            took.append(row["wall_s"])
         write_outputs(results, results_path)
         if row["status"] == "done":
             log(f"{key}: ratio {row['vocab_ratio']:.1f}x, test ppl {row['test_ppl_before']:.2f} -> {row['test_ppl_after']:.2f} "
@@ -667,8 +728,10 @@ def main(argv=None) -> int:
         else:
             log(f"{key}: refused: {row['error']}")
 
+    took: list[float] = []  # wall seconds of the runs finished in this invocation, under this run's load
+
     def out_of_time() -> bool:
-        return bool(args.time_limit) and time.monotonic() - t_start > args.time_limit
+        return not may_start(time.monotonic() - t_start, args.time_limit, took)
 
     paused = False
     try:

@@ -11,6 +11,9 @@ table; the PNG has one panel per baseline, test perplexity against bytes on disk
         benchmarks/results/vocab_ptb_small_ft10_graph.json benchmarks/results/vocab_ptb_small_ft10_drop0.2.json \
         benchmarks/results/vocab_ptb_small_ft10_balanced.json benchmarks/results/vocab_ptb_small_ft10_kd1_lrs.json \
         benchmarks/results/vocab_ptb_small_ft10_kd1.json benchmarks/results/vocab_ptb_small_ft10_kd1_q4.json \
+        benchmarks/results/vocab_ptb_large_rates.json benchmarks/results/vocab_wikitext2_medium_rates.json \
+        benchmarks/results/vocab_ptb_small_ft10_kd1_uniform.json benchmarks/results/vocab_ptb_small_ft10_kd1_log_frequency.json \
+        benchmarks/results/vocab_ptb_small_ft10_kd1_frequency.json benchmarks/results/vocab_ptb_small_ft10_kd1_b20.json \
         --out benchmarks/results/vocab.json
 """
 
@@ -39,6 +42,16 @@ def load(path: str | Path) -> dict:
     return res
 
 
+def gr_settings(res: dict) -> str:
+    """', GroupReduce N blocks, rank ~ RULE' where a file's GroupReduce differs from the benchmarks' usual 10 blocks,
+    rank ~ sqrt(frequency) (rank-rule probes of one baseline are rows of their own)."""
+    gr = next((r["config"] for r in done_runs(res) if r["method"] in ("groupreduce", "groupreduce_q") and r.get("config")),
+              None)
+    if not gr or (gr.get("num_blocks"), gr.get("rank_rule")) == (10, "sqrt_frequency"):
+        return ""
+    return f", GroupReduce {gr.get('num_blocks')} blocks, rank ~ {gr.get('rank_rule')}"
+
+
 def name_of(res: dict, path: Path) -> str:
     s = res["setup"]
     drop, layout = s.get("finetune_dropout"), quant_layout(res)
@@ -46,6 +59,8 @@ def name_of(res: dict, path: Path) -> str:
             + ("" if drop is None else f", retrained with dropout {drop:g}")
             + ("" if not s.get("finetune_distill") else f", distilled (weight {s['finetune_distill']['weight']:g})")
             + (", first rate chosen on validation" if isinstance(s.get("finetune_lr"), list) else "")
+            + ("" if not s.get("finetune_lr_for") else ", per-method first rates")
+            + gr_settings(res)
             + "".join(f", GroupReduce+q with {b}-bit factors" for b in gq_bits(res) if b != 8)
             + ("" if layout == "padded" else f", {layout} quantization layout"))
 
@@ -116,6 +131,8 @@ def recipe_of(res: dict) -> str:
         lr_txt = f"first rate {lr:g}"
     else:
         lr_txt = f"first rate {res['setup'].get('recipe', {}).get('lr', 1.0) / 10:g}"
+    for method, rates in sorted((res["setup"].get("finetune_lr_for") or {}).items()):  # vocab.py --finetune-lr-for
+        lr_txt += f"; {method} {'from ' if len(rates) > 1 else ''}{', '.join(f'{x:g}' for x in rates)}"
     blocks = f"{gr['num_blocks']} blocks, rank ~ {gr['rank_rule']}, " if gr else ""
     drop = res["setup"].get("finetune_dropout")
     drop_txt = f", dropout {drop:g} while retraining" if drop is not None else ""
@@ -212,7 +229,9 @@ def main(argv=None) -> int:
             if epochs is not None and epochs != report["baselines"][name]["result"]["setup"].get("finetune_epochs"):
                 name += f", {epochs} retraining epochs"
         if name in report["baselines"]:
-            raise SystemExit(f"vocab_report: two results for {name} ({report['baselines'][name]['source']} and {p.name})")
+            if report["baselines"][name]["source"] == p.name:
+                raise SystemExit(f"vocab_report: two results for {name} ({p.name} twice)")
+            name += f" ({p.stem})"  # another file of the same baseline and recipe (other rates, a fresh run): by file
         report["baselines"][name] = {"source": p.name, "verdicts": verdicts(res), "result": res}
     out = Path(args.out)
     write_json_atomic(out, report)

@@ -123,6 +123,16 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path, bench_module):
     assert any("20x" in x and x.endswith("(better than all)") for x in lines)
     with pytest.raises(SystemExit, match="two results for ptb-medium"):
         mod.main([str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(out)])
+    # another file of the same baseline and recipe (other rates, a fresh baseline run) is a row named by its file
+    (tmp_path / "a2.json").write_text((tmp_path / "a.json").read_text())
+    assert mod.main([str(tmp_path / "a.json"), str(tmp_path / "a2.json"), "--out", str(out)]) == 0
+    assert "| ptb-medium (a2) | `a2.json` |" in out.with_suffix(".md").read_text()
+    # a GroupReduce other than 10 blocks, rank ~ sqrt(frequency) names its settings
+    probe = json.loads((tmp_path / "b.json").read_text())
+    probe["runs"]["groupreduce@10"]["config"] = {"num_blocks": 10, "rank_rule": "uniform"}
+    (tmp_path / "bu.json").write_text(json.dumps(probe))
+    assert mod.main([str(tmp_path / "b.json"), str(tmp_path / "bu.json"), "--out", str(out)]) == 0
+    assert "| wikitext-2-medium, GroupReduce 10 blocks, rank ~ uniform | `bu.json` |" in out.with_suffix(".md").read_text()
     # the same baseline retrained for another number of epochs is a second row, named by its epochs
     other = json.loads((tmp_path / "a.json").read_text())
     other["setup"]["finetune_epochs"] = 7
@@ -164,20 +174,25 @@ def test_vocab_benchmark_refuses_a_bad_retraining_rate_before_any_work(tmp_path,
     assert not res.exists() and not (tmp_path / "w").exists()
 
 
+def tiny_run(mod, tmp_path: Path, res: Path, *flags: str) -> int:
+    """vocab.py's main on the tiny corpus (trained in-process, 1 epoch, 1 CPU thread): svd and groupreduce at 4x,
+    1 retraining epoch, plus ``flags``; the caller's thread count restored."""
+    data = tiny_corpus(tmp_path / "data")
+    threads = torch.get_num_threads()
+    try:
+        return mod.main(["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
+                         "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4",
+                         "--methods", "svd,groupreduce", "--work", str(tmp_path / "work"), "--results", str(res), *flags])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_validation_prefers(tmp_path, bench_module):
     """``--finetune-lr 1,0.001``: one run per (method, rate, first rate); verdicts, plot and report use, per
     (method, rate), the run with the best validation perplexity; the table shows every run and marks the chosen."""
     mod = bench_module("vocab")
-    data = tiny_corpus(tmp_path / "data")
     res = tmp_path / "vocab.json"
-    threads = torch.get_num_threads()
-    try:
-        assert mod.main(["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify", "--train-epochs", "1",
-                         "--device", "cpu", "--cpu-threads", "1", "--finetune-epochs", "1", "--rates", "4",
-                         "--methods", "svd,groupreduce", "--finetune-lr", "1,0.001", "--work", str(tmp_path / "work"),
-                         "--results", str(res)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert tiny_run(mod, tmp_path, res, "--finetune-lr", "1,0.001") == 0
     out = json.loads(res.read_text())
     assert sorted(out["runs"]) == ["groupreduce@4@lr0.001", "groupreduce@4@lr1", "svd@4@lr0.001", "svd@4@lr1"]
     assert {r["finetune_lr"] for r in out["runs"].values()} == {1.0, 0.001} and out["setup"]["finetune_lr"] == [1.0, 0.001]
@@ -194,6 +209,40 @@ def test_several_first_rates_run_each_method_at_each_and_judge_it_at_the_one_val
     report = bench_module("vocab_report")
     assert report.main([str(res), "--out", str(tmp_path / "report.json")]) == 0
     assert "first rate chosen on validation from 1, 0.001" in (tmp_path / "report.md").read_text()
+
+
+def test_a_run_starts_only_when_the_finished_ones_say_it_can_end_in_time(bench_module):
+    may_start = bench_module("vocab").may_start
+    assert may_start(10_000, 0, [500.0])  # no limit
+    assert may_start(0, 1000, []) and not may_start(1001, 1000, [])  # nothing finished yet: only the limit counts
+    assert may_start(790, 1000, [100.0, 300.0, 210.0]) and not may_start(800, 1000, [100.0, 300.0, 210.0])  # median 210
+
+
+def test_a_method_can_take_its_own_first_rates(tmp_path, bench_module, capsys):
+    """``--finetune-lr-for svd=1,0.001``: svd runs at both rates, groupreduce only at ``--finetune-lr``'s; every key
+    names its rate, the setup and the report record the override, and a bad override is refused in one line."""
+    mod = bench_module("vocab")
+    res = tmp_path / "vocab.json"
+    assert tiny_run(mod, tmp_path, res, "--finetune-lr", "1", "--finetune-lr-for", "svd=1,0.001") == 0
+    data = tmp_path / "data"
+    threads = torch.get_num_threads()
+    try:
+        out = json.loads(res.read_text())
+        assert sorted(out["runs"]) == ["groupreduce@4@lr1", "svd@4@lr0.001", "svd@4@lr1"]
+        assert out["setup"]["finetune_lr"] == 1.0 and out["setup"]["finetune_lr_for"] == {"svd": [1.0, 0.001]}
+        assert len(mod.done_runs(out)) == 2
+        report = bench_module("vocab_report")
+        assert report.main([str(res), "--out", str(tmp_path / "report.json")]) == 0
+        assert "first rate 1; svd from 1, 0.001" in (tmp_path / "report.md").read_text()
+        capsys.readouterr()
+        for bad, says in (("svd", "METHOD=RATES"), ("lstm=0.1", "METHOD=RATES"), ("svd=-1", "learning rate")):
+            never = tmp_path / "never.json"
+            assert mod.main(["--corpus", "ptb", "--preset", "tiny", "--data", str(data), "--no-verify",
+                             "--finetune-lr-for", bad, "--results", str(never), "--work", str(tmp_path / "w2")]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and says in err[0] and not never.exists() and not (tmp_path / "w2").exists()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_reuse_adopts_finished_runs_of_the_same_dense_model_and_refuses_another(tmp_path, bench_module, capsys):
