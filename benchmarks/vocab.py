@@ -85,6 +85,7 @@ from lmshrink.train.graphed import check_graphable
 from lmshrink.train.lm import (  # noqa: E402
     check_finetune_dropout,
     check_finetune_lr,
+    check_patience,
     evaluate_ppl,
     finetune_lm,
     resolve_device,
@@ -271,6 +272,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         check(ep == args.finetune_epochs, f"--reuse {p}: retrained {ep} epochs, this run {args.finetune_epochs}")
         drop = old.get("setup", {}).get("finetune_dropout")
         check(drop == args.finetune_dropout, f"--reuse {p}: retrained with dropout {drop}, this run {args.finetune_dropout}")
+        pat = old.get("setup", {}).get("finetune_patience", 0)  # files from before the option: the paper's rule, 0
+        check(pat == args.finetune_patience, f"--reuse {p}: retrained with patience {pat}, this run {args.finetune_patience}")
         kd = old.get("setup", {}).get("finetune_distill")
         check(kd == distill_setting(args), f"--reuse {p}: retrained with distillation {kd}, this run {distill_setting(args)}")
         n = 0
@@ -345,7 +348,7 @@ def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Pa
                          seed=args.seed, precision=args.precision, log=log, checkpoint_dir=work / "finetune" / key,
                          cuda_graph=args.cuda_graph, dropout=args.finetune_dropout,
                          teacher=copy.deepcopy(dense) if args.distill else None, distill=args.distill,
-                         distill_temperature=args.distill_temperature)
+                         distill_temperature=args.distill_temperature, patience=args.finetune_patience)
         model, ft_hist, ft_graph = ft["model"], ft["history"], ft["cuda_graph"]
     finetune_s = time.perf_counter() - t_ft
     if method == "groupreduce_q":
@@ -608,6 +611,9 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-lr-for", action="append", default=[], metavar="METHOD=RATES",
                     help="first rates for one method instead of --finetune-lr's (repeatable), e.g. svd=0.01 or "
                          "svd=0.1,0.01; where methods run at different rates every run key carries its rate")
+    ap.add_argument("--finetune-patience", type=int, default=0,
+                    help="epochs in a row that may fail to improve validation perplexity before the rate drops "
+                         "(training goes on from them meanwhile; default 0, the paper's rule)")
     ap.add_argument("--finetune-dropout", type=float, default=None,
                     help="dropout rate during retraining only (default: the recipe's; PTB small has none)")
     ap.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
@@ -655,6 +661,7 @@ def main(argv=None) -> int:
         if args.cuda_graph:
             check_graphable(device, args.precision)
         check_finetune_dropout(args.finetune_dropout)
+        check_patience(args.finetune_patience)
         check_distill(args.distill, args.distill_temperature)
         args.distill = args.distill or None  # 0 is no teacher
         for m in methods:  # every method's settings (--num-blocks, --rank-rule, --rank-multiple...) before any work
@@ -681,10 +688,16 @@ def main(argv=None) -> int:
         print(f"vocab.py: {results_path} holds runs retrained with distillation {made}, this run asks {want}: "
               "give another --results", file=sys.stderr)
         return 2
+    made = results.get("setup", {}).get("finetune_patience", 0)
+    if results.get("runs") and made != args.finetune_patience:
+        print(f"vocab.py: {results_path} holds runs retrained with patience {made}, this run asks "
+              f"{args.finetune_patience}: give another --results", file=sys.stderr)
+        return 2
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                  finetune_lr_for={m: v for m, v in args.method_lrs.items() if m in methods} or None,
                  finetune_dropout=args.finetune_dropout, finetune_distill=distill_setting(args),
+                 finetune_patience=args.finetune_patience,
                  eval_batch=args.eval_batch,
                  jobs=args.jobs, cuda_graph=args.cuda_graph, precision=args.precision, versions=versions(),
                  data_checksums=corpus.checksums, recipe=recipe.__dict__)

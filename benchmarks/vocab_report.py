@@ -58,6 +58,7 @@ def name_of(res: dict, path: Path) -> str:
     return (f"{s.get('corpus', '?')}-{s.get('preset', '?')}" + ("" if s.get("device") == "cuda" else f" ({path.stem})")
             + ("" if drop is None else f", retrained with dropout {drop:g}")
             + ("" if not s.get("finetune_distill") else f", distilled (weight {s['finetune_distill']['weight']:g})")
+            + ("" if not s.get("finetune_patience") else f", patience {s['finetune_patience']}")
             + (", first rate chosen on validation" if isinstance(s.get("finetune_lr"), list) else "")
             + ("" if not s.get("finetune_lr_for") else ", per-method first rates")
             + gr_settings(res)
@@ -138,6 +139,8 @@ def recipe_of(res: dict) -> str:
     drop_txt = f", dropout {drop:g} while retraining" if drop is not None else ""
     kd = res["setup"].get("finetune_distill")
     drop_txt += f", distilled from the dense model (weight {kd['weight']:g})" if kd else ""
+    pat = res["setup"].get("finetune_patience")
+    drop_txt += f", the rate drops after {pat + 1} epochs without improvement" if pat else ""
     return f"{blocks}{lr_txt}, {res['setup'].get('finetune_epochs', '?')} epochs{drop_txt}"
 
 

@@ -19,7 +19,15 @@ from .errors import check
 from .io import load_model_dir, read_manifest, save_model_dir
 from .measure import bytes_on_disk, layer_rows, lm_tokens_per_second, totals
 from .models.lstm_lm import PRESETS, Preset, build_from_preset, check_cell_clip, preset_dict
-from .train.lm import evaluate_ppl, finetune_lm, remove_checkpoint, resolve_device, seed_everything, train_lm
+from .train.lm import (
+    check_patience,
+    evaluate_ppl,
+    finetune_lm,
+    remove_checkpoint,
+    resolve_device,
+    seed_everything,
+    train_lm,
+)
 
 
 def speed_of(model, vocab_size: int, device: torch.device) -> dict:
@@ -130,7 +138,7 @@ def model_info(model_dir) -> dict:
 
 def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, options=None, finetune_epochs=0,
                        finetune_lr=None, data_dir=None, device="auto", overwrite=False, evaluate=True,
-                       progress=True, log=print, distill=None) -> dict:
+                       progress=True, log=print, distill=None, finetune_patience=0) -> dict:
     from .compress import load_plan, make_config, vocab_plan
     from .compress import compress as compress_
 
@@ -140,6 +148,7 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
 
     check_distill(distill)
     check(not distill or finetune_epochs > 0, "--distill needs --finetune-epochs")
+    check_patience(finetune_patience)
     dev = resolve_device(device)
     model, manifest = load_model_dir(model_dir, device="cpu")
     if plan_path:
@@ -180,7 +189,7 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
     ft = None
     if finetune_epochs > 0:
         ft = finetune_lm(model, c, recipe, finetune_epochs, lr=finetune_lr, device=dev, progress=progress, log=log,
-                         teacher=teacher, distill=distill or None)
+                         teacher=teacher, distill=distill or None, patience=finetune_patience)
         del teacher
         model = ft["model"]
         side["compressed"]["test_ppl_before_finetune"] = None
@@ -197,6 +206,7 @@ def compress_model_dir(model_dir, out, plan_path=None, method=None, ratio=None, 
         "compression": {"source": str(model_dir), "source_sha256": manifest["weights"]["sha256"],
                         "plan": plan.to_dict(), "report": report, "compress_seconds": compress_s,
                         "finetune": {"epochs": finetune_epochs, "lr": finetune_lr, "distill": distill or None,
+                                     "patience": finetune_patience,
                                      "history": ft["history"] if ft else None}},
         "dense_metrics": side["dense"]})
     side["compressed"]["bytes_on_disk"] = bytes_on_disk(out)["total"]

@@ -990,6 +990,60 @@ def test_finetune_starts_at_the_given_rate_and_divides_it_by_ten_when_validation
             lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=bad, **quiet)
 
 
+def test_finetune_patience_goes_on_from_worse_epochs_before_the_rate_drops(pattern_corpus, monkeypatch, tmp_path):
+    """``patience=1``: one epoch that does not improve is kept (training goes on from its weights at the same rate);
+    a second in a row returns to the best weights and divides the rate. With 0 (the paper's rule) the first one
+    does. A cut within patience resumes from the worse epoch's weights, not the best; a bad patience is refused."""
+    script = iter(())
+    started = []  # (rate, the weights each epoch started from: the marker the epoch before left)
+
+    def fake_train(model, *a, lr_fn, **k):
+        w = next(model.parameters())
+        started.append((lr_fn(0), float(w.detach().view(-1)[0])))
+        epoch, v = next(script)
+        with torch.no_grad():
+            w.fill_(epoch)  # this epoch's weights
+        return {"valid_ppl": v}
+
+    monkeypatch.setattr(lm_mod, "train_lm", fake_train)
+    monkeypatch.setattr(lm_mod, "evaluate_ppl", lambda *a, **k: 100.0)
+    quiet = {"device": "cpu", "progress": False, "log": lambda *_: None}
+
+    def run(patience, valid, **kw):
+        nonlocal script
+        script = iter(enumerate(valid, start=1))
+        started.clear()
+        model = lm_for(pattern_corpus)
+        with torch.no_grad():
+            next(model.parameters()).fill_(0)
+        out = lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, len(valid), lr=1.0, patience=patience, **kw)
+        return out, list(started)
+
+    out, seen = run(1, [90, 95, 93, 80], **quiet)
+    assert seen == [(1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (pytest.approx(0.1), 1.0)]
+    assert out["valid_ppl"] == 80 and float(next(out["model"].parameters()).detach().view(-1)[0]) == 4.0
+    out, seen = run(0, [90, 95, 93, 80], **quiet)
+    assert seen == [(1.0, 0.0), (1.0, 1.0), (pytest.approx(0.1), 1.0), (pytest.approx(0.01), 1.0)]
+    # cut after epoch 2 (a worse epoch within patience): the resumed epoch 3 starts from epoch 2's weights
+    ckpt = tmp_path / "ft"
+
+    def stop_in_epoch_3(msg):
+        if msg.startswith("finetune epoch 3/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(1, [90, 95, 93, 80], device="cpu", progress=False, log=stop_in_epoch_3, checkpoint_dir=ckpt)
+    assert json.loads((ckpt / "finetune.json").read_text())["bad_epochs"] == 1 and (ckpt / "current.safetensors").exists()
+    script = iter([(3, 93), (4, 80)])
+    started.clear()
+    model = lm_for(pattern_corpus)
+    lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 4, lr=1.0, patience=1, checkpoint_dir=ckpt, **quiet)
+    assert started == [(1.0, 2.0), (pytest.approx(0.1), 1.0)]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(LmshrinkError, match="finetune patience"):
+            lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=0.5, patience=bad, **quiet)
+
+
 def test_finetune_dropout_drops_while_retraining_only(pattern_corpus, monkeypatch):
     """``dropout``: every nn.Dropout runs at that rate in the retraining epochs (a different result from no
     dropout), evaluation never drops, and the model leaves with its own rate back; a bad rate is refused."""
@@ -1140,10 +1194,14 @@ def test_cli_compress_with_pruning_and_retraining_saves_csr_layers(tmp_path, mon
     # retraining against the dense source (--distill) runs and is recorded in the manifest
     d = tmp_path / "d"
     rc, out, err = run_cli(capsys, "compress", m, "--method", "svd", "--ratio", 2, "--finetune-epochs", 1, "--distill",
-                           1, "--out", d, "--data", root, "--device", "cpu", "--json")
+                           1, "--finetune-patience", 1, "--out", d, "--data", root, "--device", "cpu", "--json")
     assert rc == 0, err
     finetune = json.loads((d / "manifest.json").read_text())["compression"]["finetune"]
-    assert finetune["distill"] == 1.0 and len(finetune["history"]) == 2
+    assert finetune["distill"] == 1.0 and finetune["patience"] == 1 and len(finetune["history"]) == 2
+    rc, out, err = run_cli(capsys, "compress", m, "--method", "svd", "--ratio", 2, "--finetune-epochs", 1,
+                           "--finetune-patience", -1, "--out", tmp_path / "never", "--data", root, "--device", "cpu")
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and "finetune patience" in err
+    assert not (tmp_path / "never").exists()
 
 
 def test_shrink_warnings_name_a_model_that_is_not_smaller_or_clearly_slower():

@@ -315,6 +315,12 @@ def test_distilled_runs_record_it_and_never_mix_with_plain_ones(tmp_path, bench_
         assert json.loads(plain.read_text()) == a  # untouched
         assert mod.main([*common, "--distill", "1", "--reuse", str(plain), "--results", str(tmp_path / "x.json")]) == 2
         assert "retrained with distillation None" in capsys.readouterr().err
+        # the same for the schedule's patience (a file from before the option reads as 0, the paper's rule)
+        assert a["setup"]["finetune_patience"] == 0
+        assert mod.main([*common, "--finetune-patience", "1", "--results", str(plain)]) == 2
+        assert "retrained with patience 0" in capsys.readouterr().err and json.loads(plain.read_text()) == a
+        assert mod.main([*common, "--finetune-patience", "1", "--reuse", str(plain), "--results", str(tmp_path / "y.json")]) == 2
+        assert "retrained with patience 0, this run 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(threads)
 
@@ -322,7 +328,8 @@ def test_distilled_runs_record_it_and_never_mix_with_plain_ones(tmp_path, bench_
 @pytest.mark.parametrize("flag, bad, says", [
     *(("--finetune-dropout", v, "--finetune-dropout must be in [0, 1)") for v in ("-0.1", "1")),
     *(("--distill", v, "distillation weight must be a number in [0, 1]") for v in ("-0.1", "1.5", "nan")),
-    ("--distill-temperature", "0", "distillation temperature must be a positive number")])
+    ("--distill-temperature", "0", "distillation temperature must be a positive number"),
+    ("--finetune-patience", "-1", "--finetune-patience must be an integer >= 0")])
 def test_vocab_benchmark_refuses_bad_retraining_settings_before_any_work(tmp_path, capsys, bench_module, flag, bad, says):
     mod = bench_module("vocab")
     res = tmp_path / "r.json"

@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
                    help="with --method: extra method option (repeatable), e.g. --option num_blocks=5")
     p.add_argument("--finetune-epochs", type=int, default=0, help="retrain for N epochs on the model's corpus")
     p.add_argument("--finetune-lr", type=float, default=None)
+    p.add_argument("--finetune-patience", type=int, default=0, metavar="N",
+                   help="epochs in a row that may fail to improve validation perplexity before the retraining rate "
+                        "drops tenfold (default 0: the first one does)")
     p.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
                    help="retrain against the dense model too (knowledge distillation): (1 - WEIGHT) * cross-entropy "
                         "+ WEIGHT * KL(dense || compressed), WEIGHT in [0, 1]")
@@ -55,6 +58,7 @@ def run(args) -> int:
     res = compress_model_dir(args.model_dir, args.out, plan_path=args.plan, method=args.method, ratio=args.ratio,
                              options=_parse_options(args.option), finetune_epochs=args.finetune_epochs,
                              finetune_lr=args.finetune_lr, data_dir=args.data, device=args.device, distill=args.distill,
+                             finetune_patience=args.finetune_patience,
                              overwrite=args.overwrite, log=(lambda *_: None) if args.json else print)
     for w in res["warnings"]:  # on stderr, so that --json output stays one JSON document
         print(f"lmshrink compress: warning: {w}", file=sys.stderr)
