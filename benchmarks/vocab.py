@@ -612,8 +612,9 @@ def main(argv=None) -> int:
                     help="first rates for one method instead of --finetune-lr's (repeatable), e.g. svd=0.01 or "
                          "svd=0.1,0.01; where methods run at different rates every run key carries its rate")
     ap.add_argument("--finetune-patience", type=int, default=0,
-                    help="epochs in a row that may fail to improve validation perplexity before the rate drops "
-                         "(training goes on from them meanwhile; default 0, the paper's rule)")
+                    help="epochs in a row that may fail to improve validation perplexity before the rate drops, "
+                         "training going on from the latest weights (finetune_lm's patience; default 0, the paper's "
+                         "rule: each such epoch is undone and drops the rate)")
     ap.add_argument("--finetune-dropout", type=float, default=None,
                     help="dropout rate during retraining only (default: the recipe's; PTB small has none)")
     ap.add_argument("--distill", type=float, default=None, metavar="WEIGHT",

@@ -992,8 +992,10 @@ def test_finetune_starts_at_the_given_rate_and_divides_it_by_ten_when_validation
 
 def test_finetune_patience_goes_on_from_worse_epochs_before_the_rate_drops(pattern_corpus, monkeypatch, tmp_path):
     """``patience=1``: one epoch that does not improve is kept (training goes on from its weights at the same rate);
-    a second in a row returns to the best weights and divides the rate. With 0 (the paper's rule) the first one
-    does. A cut within patience resumes from the worse epoch's weights, not the best; a bad patience is refused."""
+    a second in a row divides the rate and training goes on from its weights too (ReduceLROnPlateau-style); a
+    diverged epoch divides it and returns to the best weights at once. With 0 (the paper's rule) every epoch that
+    does not improve is undone and divides the rate. The best weights are returned. A cut within patience resumes
+    from the worse epoch's weights, not the best; a bad patience is refused."""
     script = iter(())
     started = []  # (rate, the weights each epoch started from: the marker the epoch before left)
 
@@ -1020,8 +1022,12 @@ def test_finetune_patience_goes_on_from_worse_epochs_before_the_rate_drops(patte
         return out, list(started)
 
     out, seen = run(1, [90, 95, 93, 80], **quiet)
-    assert seen == [(1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (pytest.approx(0.1), 1.0)]
+    assert seen == [(1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (pytest.approx(0.1), 3.0)]
     assert out["valid_ppl"] == 80 and float(next(out["model"].parameters()).detach().view(-1)[0]) == 4.0
+    out, seen = run(1, [90, 95, 96], **quiet)  # the best weights (epoch 1's) are what comes back
+    assert out["valid_ppl"] == 90 and float(next(out["model"].parameters()).detach().view(-1)[0]) == 1.0
+    out, seen = run(2, [90, math.inf, 85], **quiet)  # diverged: back to the best weights, rate divided at once
+    assert seen == [(1.0, 0.0), (1.0, 1.0), (pytest.approx(0.1), 1.0)] and out["history"][2]["diverged"]
     out, seen = run(0, [90, 95, 93, 80], **quiet)
     assert seen == [(1.0, 0.0), (1.0, 1.0), (pytest.approx(0.1), 1.0), (pytest.approx(0.01), 1.0)]
     # cut after epoch 2 (a worse epoch within patience): the resumed epoch 3 starts from epoch 2's weights
@@ -1038,7 +1044,7 @@ def test_finetune_patience_goes_on_from_worse_epochs_before_the_rate_drops(patte
     started.clear()
     model = lm_for(pattern_corpus)
     lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 4, lr=1.0, patience=1, checkpoint_dir=ckpt, **quiet)
-    assert started == [(1.0, 2.0), (pytest.approx(0.1), 1.0)]
+    assert started == [(1.0, 2.0), (pytest.approx(0.1), 3.0)]
     for bad in (-1, 1.5, True):
         with pytest.raises(LmshrinkError, match="finetune patience"):
             lm_mod.finetune_lm(model, pattern_corpus, TINY_RECIPE, 1, lr=0.5, patience=bad, **quiet)

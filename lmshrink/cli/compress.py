@@ -26,7 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--finetune-lr", type=float, default=None)
     p.add_argument("--finetune-patience", type=int, default=0, metavar="N",
                    help="epochs in a row that may fail to improve validation perplexity before the retraining rate "
-                        "drops tenfold (default 0: the first one does)")
+                        "drops tenfold, training then going on from the latest weights (default 0: the first one "
+                        "drops it and is undone)")
     p.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
                    help="retrain against the dense model too (knowledge distillation): (1 - WEIGHT) * cross-entropy "
                         "+ WEIGHT * KL(dense || compressed), WEIGHT in [0, 1]")

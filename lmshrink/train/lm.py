@@ -356,7 +356,7 @@ class _FinetuneCheckpoint:
     """The state of ``finetune_lm`` after each finished epoch: the weights (safetensors: no pickle) and the
     schedule (JSON), each written atomically, so a retraining cut by a time limit resumes there. After an epoch
     the model holds the best weights seen (a worse epoch is undone), so one set of weights is enough -- except
-    within ``patience``, where training goes on from the worse epoch's weights: those are kept beside the best
+    with ``patience``, where training goes on from worse epochs' weights: those are kept beside the best
     (``current.safetensors``) until an epoch improves again.
 
     The weights are loaded into the caller's model, which must have been compressed the same way (the same
@@ -414,11 +414,14 @@ def finetune_lm(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, l
     The best weights seen on validation are kept.
 
     ``patience`` (default 0, the paper's rule) lets that many epochs in a row fail to improve before the rate
-    drops; meanwhile training goes on from the worse weights, and only the drop returns to the best ones (a
-    diverged epoch drops at once). Why: a large first rate first makes a good starting point worse -- on PTB
-    small, GroupReduce's first epoch at rate 1 went from valid 131 to 145 -- and the paper's rule then leaves
-    that rate after one epoch, while SVD, starting far worse, improved at rate 1 for four epochs and ended
-    ahead (valid 117.8 against 120.3).
+    drops, and training then goes on from the latest weights at the lower rate (as torch's ReduceLROnPlateau
+    does, its count starting again at each rate) instead of undoing the epochs; a diverged epoch drops the rate
+    and returns to the best weights at once. The best weights seen on validation are
+    what retraining returns either way. Why: a large first rate first makes a good starting point worse -- on
+    PTB small, GroupReduce's first epoch at rate 1 went from valid 131 to 145 -- and the paper's rule then
+    undoes that epoch and leaves the rate, while SVD, starting far worse, improved at rate 1 for four epochs and
+    ended ahead (valid 117.8 against 120.3); undoing the high rate's epochs when it finally drops would throw
+    away what it found.
 
     ``cuda_graph`` replays each epoch's training step from a CUDA graph (see :func:`train_lm`) where the model
     allows it: why the graph was not used (a model with per-step training hooks, such as AGP pruning, trains
@@ -476,7 +479,7 @@ def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, 
     if resumed is not None:
         best_state, status = resumed
         best, history, current, start = status["best"], status["history"], [status["lr"]], status["epochs_done"]
-        bad = status.get("bad_epochs", 0)
+        bad, at_best = status.get("bad_epochs", 0), not status.get("current")
         log(f"finetune: resuming after epoch {start}/{epochs} (lr {current[0]:.3g}, best valid ppl {best:.2f})")
     else:
         best = evaluate_ppl(model, corpus.splits["valid"], recipe.batch_size, recipe.bptt, device)
@@ -484,7 +487,7 @@ def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, 
         if epochs == 0:
             return {"model": model, "valid_ppl": best, "history": history, "cuda_graph": graph_info}
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        current, start, bad = [settings["lr"]], 0, 0
+        current, start, bad, at_best = [settings["lr"]], 0, 0, True
 
     drops = {m: m.p for m in model.modules() if isinstance(m, nn.Dropout)} if dropout is not None else {}
     for m in drops:
@@ -505,18 +508,22 @@ def _finetune(model: nn.Module, corpus: Corpus, recipe: Preset, epochs: int, *, 
                            {"epoch": epoch + 1, "lr": current[0], "valid_ppl": None, "diverged": True})
             log(f"finetune epoch {epoch + 1}/{epochs}  lr {current[0]:.3g}  valid ppl {v:.2f}")
             if v < best:
-                best, bad = v, 0
+                best, bad, at_best = v, 0, True
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
             elif math.isfinite(v) and bad < patience:
-                bad += 1  # go on from these weights at this rate
+                bad, at_best = bad + 1, False  # go on from these weights at this rate
             else:
-                model.load_state_dict(best_state)
                 current[0] /= 10
                 bad = 0
+                if patience and math.isfinite(v):
+                    at_best = False  # the trajectory goes on at the lower rate (see docstring)
+                else:
+                    model.load_state_dict(best_state)  # the paper's rule: the epoch is undone
+                    at_best = True
             if ckpt is not None:
                 ckpt.save(best_state, {"settings": settings, "epochs_done": epoch + 1, "lr": current[0], "best": best,
                                        "history": history, "bad_epochs": bad},
-                          current_state=model.state_dict() if bad else None)
+                          current_state=None if at_best else model.state_dict())
     finally:
         for m, p in drops.items():
             m.p = p
