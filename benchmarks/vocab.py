@@ -270,12 +270,9 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
                                                "not the same baseline")
         ep = old.get("setup", {}).get("finetune_epochs")
         check(ep == args.finetune_epochs, f"--reuse {p}: retrained {ep} epochs, this run {args.finetune_epochs}")
-        drop = old.get("setup", {}).get("finetune_dropout")
-        check(drop == args.finetune_dropout, f"--reuse {p}: retrained with dropout {drop}, this run {args.finetune_dropout}")
-        pat = old.get("setup", {}).get("finetune_patience", 0)  # files from before the option: the paper's rule, 0
-        check(pat == args.finetune_patience, f"--reuse {p}: retrained with patience {pat}, this run {args.finetune_patience}")
-        kd = old.get("setup", {}).get("finetune_distill")
-        check(kd == distill_setting(args), f"--reuse {p}: retrained with distillation {kd}, this run {distill_setting(args)}")
+        theirs, mine = recorded_retraining(old.get("setup", {})), retraining_of(args)
+        for what in ("dropout", "patience", "distillation"):
+            check(theirs[what] == mine[what], f"--reuse {p}: retrained with {what} {theirs[what]}, this run {mine[what]}")
         n = 0
         for r in old["runs"].values():
             lr = r.get("finetune_lr")
@@ -307,6 +304,18 @@ def saved_setting(config: dict | None, key: str, want: dict):
 def distill_setting(args) -> dict | None:
     """How retraining used the dense model as a teacher (None: it did not), as results record it."""
     return None if not args.distill else {"weight": args.distill, "temperature": args.distill_temperature}
+
+
+def retraining_of(args) -> dict:
+    """This run's retraining settings that runs of one results file must share, by the name errors give them."""
+    return {"dropout": args.finetune_dropout, "patience": args.finetune_patience, "distillation": distill_setting(args)}
+
+
+def recorded_retraining(setup: dict) -> dict:
+    """The same settings as a results file's ``setup`` records them (a file from before patience existed: 0, the
+    paper's rule)."""
+    return {"dropout": setup.get("finetune_dropout"), "patience": setup.get("finetune_patience", 0),
+            "distillation": setup.get("finetune_distill")}
 
 
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
@@ -683,17 +692,12 @@ def main(argv=None) -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
-    made = results.get("setup", {}).get("finetune_distill")
-    want = distill_setting(args)
-    if results.get("runs") and made != want:
-        print(f"vocab.py: {results_path} holds runs retrained with distillation {made}, this run asks {want}: "
-              "give another --results", file=sys.stderr)
-        return 2
-    made = results.get("setup", {}).get("finetune_patience", 0)
-    if results.get("runs") and made != args.finetune_patience:
-        print(f"vocab.py: {results_path} holds runs retrained with patience {made}, this run asks "
-              f"{args.finetune_patience}: give another --results", file=sys.stderr)
-        return 2
+    made, want = recorded_retraining(results.get("setup", {})), retraining_of(args)
+    for what in ("distillation", "patience"):  # a file's finished runs would be skipped as if they were this run's
+        if results.get("runs") and made[what] != want[what]:
+            print(f"vocab.py: {results_path} holds runs retrained with {what} {made[what]}, this run asks "
+                  f"{want[what]}: give another --results", file=sys.stderr)
+            return 2
     setup.update(device=str(device), gpu=torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                  finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
                  finetune_lr_for={m: v for m, v in args.method_lrs.items() if m in methods} or None,

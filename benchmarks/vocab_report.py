@@ -42,11 +42,17 @@ def load(path: str | Path) -> dict:
     return res
 
 
+def gr_config(res: dict) -> dict | None:
+    """A file's GroupReduce settings: its plain GroupReduce runs', else GroupReduce + quantization's (same block and
+    rank options), else None."""
+    return next((r["config"] for m in ("groupreduce", "groupreduce_q") for r in done_runs(res)
+                 if r["method"] == m and r.get("config")), None)
+
+
 def gr_settings(res: dict) -> str:
     """', GroupReduce N blocks, rank ~ RULE' where a file's GroupReduce differs from the benchmarks' usual 10 blocks,
     rank ~ sqrt(frequency) (rank-rule probes of one baseline are rows of their own)."""
-    gr = next((r["config"] for r in done_runs(res) if r["method"] in ("groupreduce", "groupreduce_q") and r.get("config")),
-              None)
+    gr = gr_config(res)
     if not gr or (gr.get("num_blocks"), gr.get("rank_rule")) == (10, "sqrt_frequency"):
         return ""
     return f", GroupReduce {gr.get('num_blocks')} blocks, rank ~ {gr.get('rank_rule')}"
@@ -122,9 +128,7 @@ def recipe_of(res: dict) -> str:
     """How GroupReduce was set and retrained in this file: the settings moved the verdicts more than anything else
     (PTB large, 6.6x: 5 blocks, rank ~ frequency, first rate 0.1, 2 epochs +4.9%; 10 blocks, rank ~ sqrt(frequency),
     first rate 0.01, 10 epochs +0.5%)."""
-    # GroupReduce + quantization's settings where a file has no plain GroupReduce run (same block/rank options)
-    gr = next((r["config"] for m in ("groupreduce", "groupreduce_q") for r in done_runs(res)
-               if r["method"] == m and r.get("config")), None)
+    gr = gr_config(res)
     lr = res["setup"].get("finetune_lr")
     if isinstance(lr, list):  # vocab.py --finetune-lr 0.1,0.01: each method at the rate validation chose
         lr_txt = "first rate chosen on validation from " + ", ".join(f"{x:g}" for x in lr)

@@ -369,12 +369,14 @@ class _FinetuneCheckpoint:
         from ..io import write_json_atomic
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        # clones: tied weights share storage, which safetensors refuses
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in best_state.items()}
-        _save_tensors_atomic(tensors, self.dir / "weights.safetensors")
+
+        def cpu_copies(state: dict) -> dict:  # clones: tied weights share storage, which safetensors refuses
+            return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+        _save_tensors_atomic(cpu_copies(best_state), self.dir / "weights.safetensors")
         current = self.dir / "current.safetensors"
         if current_state is not None:
-            _save_tensors_atomic({k: v.detach().cpu().contiguous().clone() for k, v in current_state.items()}, current)
+            _save_tensors_atomic(cpu_copies(current_state), current)
         # the status names which weights the model holds, so a stale current file is never resumed from
         write_json_atomic(self.dir / "finetune.json", {**status, "current": current_state is not None})
         if current_state is None:
