@@ -41,7 +41,9 @@ made at one first rate join runs at another without redoing either (``setup.reus
 
 Results go to ``--results`` (JSON, rewritten after every finished run; a rerun skips finished runs, and a
 run cut short resumes after its last finished retraining epoch, kept in ``WORK/finetune/``), plus a Markdown
-table (``.md``) and a plot of test perplexity against bytes on disk (``.png``).
+table (``.md``) and a plot of test perplexity against bytes on disk (``.png``). The file must be this script's:
+one retraining recipe (epochs, dropout, patience, distillation) per file, and another JSON there (such as
+``results/vocab.json``, the report's) is refused rather than overwritten.
 
 The recipe that met both targets on PTB large (2026-11-23, ``results/vocab_ptb_large_s10_ft10.json``:
 GroupReduce 6.6x +0.5%, with quantization 26x +0.5%, SVD +2.5%, pruning +9.3%) was 10 blocks, rank ~
@@ -138,19 +140,28 @@ def speed(model, vocab_size, device) -> float:
     return lm_tokens_per_second(model, vocab_size, "cpu", batch_size=1, repeats=10, warmup=3)["tokens_per_s"]
 
 
-def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, log, rounds: int = 3) -> None:
+def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, log, rounds: int = 3,
+                   may_go=lambda took: True) -> bool:
     """tokens/s of every finished run next to the dense model, in this (main) process, one model at a time.
 
     Why here and not in the run: runs go in parallel workers (``--jobs``), and a speed taken while other
     runs share the GPU or cores is not comparable with a dense figure taken alone. Dense and compressed
-    are timed in interleaved rounds; the ratio is the median of per-round ratios.
+    are timed in interleaved rounds; the ratio is the median of per-round ratios. ``may_go(took)`` (the wall
+    seconds of the timings so far) says whether another may start: also after ``--time-limit`` has stopped new
+    runs, the runs that finished get timed in the time left (stop 22: two files had no speeds at all because a
+    paused invocation skipped this). Returns False when it stopped with runs left untimed.
     """
+    took: list[float] = []
     for key, r in sorted(results["runs"].items()):
         if r.get("status") != "done" or "speed_vs_dense" in r:
             continue
         model_dir = work / "models" / key
         if not (model_dir / "manifest.json").is_file():
             continue
+        if not may_go(took):
+            log(f"time limit: {key} and later runs not timed; rerun the same command to time them")
+            return False
+        t0 = time.monotonic()
         model, _ = load_model_dir(model_dir, device="cpu")
         pairs = []
         for _ in range(rounds):
@@ -167,6 +178,8 @@ def measure_speeds(results: dict, dense, vocab_size: int, device, work: Path, lo
         # dense softmax flips with it (H100, PTB large shape: 1.19x dense at true fp32, 0.86x with TF32; speed.py)
         r["matmul_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32) if str(device).startswith("cuda") else None
         log(f"{key}: {r['tokens_per_s']:,.0f} tok/s, {r['speed_vs_dense']:.2f}x dense (side by side)")
+        took.append(time.monotonic() - t0)
+    return True
 
 
 def evaluate(model, corpus, args, device) -> dict:
@@ -309,6 +322,20 @@ def distill_setting(args) -> dict | None:
 def retraining_of(args) -> dict:
     """This run's retraining settings that runs of one results file must share, by the name errors give them."""
     return {"dropout": args.finetune_dropout, "patience": args.finetune_patience, "distillation": distill_setting(args)}
+
+
+def read_results(path: Path) -> dict:
+    """An earlier ``--results`` file to continue ({} when there is none). Anything else there (another script's
+    JSON, such as ``vocab_report.py``'s ``vocab.json``, or a file that does not parse) is refused, not overwritten."""
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise LmshrinkError(f"--results {path}: cannot read it as JSON ({e.__class__.__name__}): give another --results") from None
+    check(isinstance(results, dict) and isinstance(results.get("runs"), dict) and isinstance(results.get("setup"), dict),
+          f"--results {path}: exists and is not a vocab.py result (no runs and setup): give another --results")
+    return results
 
 
 def recorded_retraining(setup: dict) -> dict:
@@ -639,7 +666,8 @@ def main(argv=None) -> int:
                          "training hooks, e.g. prune_agp's first epoch, train eagerly)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/vocab", help="where baseline and compressed models are written")
-    ap.add_argument("--results", default="benchmarks/results/vocab.json")
+    ap.add_argument("--results", default="runs/vocab.json",
+                    help="this run's results (continued when rerun); benchmarks/results/vocab.json is vocab_report.py's")
     ap.add_argument("--time-limit", type=float, default=0,
                     help="seconds; no new run starts after this, nor one that the runs finished so far (their median "
                          "wall time) say would end after it (0: none)")
@@ -668,6 +696,7 @@ def main(argv=None) -> int:
         args.finetune_lr = args.finetune_lrs[0] if len(args.finetune_lrs) == 1 else args.finetune_lrs
         args.method_lrs = parse_lrs_for(args.finetune_lr_for)
         reuse = load_reuse(args.reuse)
+        earlier = read_results(results_path)
         if args.cuda_graph:
             check_graphable(device, args.precision)
         check_finetune_dropout(args.finetune_dropout)
@@ -689,11 +718,12 @@ def main(argv=None) -> int:
         return 2
     dense = dense.to(device).eval()
     args._dense_vocab_bits = vocab_bits(dense)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = earlier
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
     made, want = recorded_retraining(results.get("setup", {})), retraining_of(args)
-    for what in ("distillation", "patience"):  # a file's finished runs would be skipped as if they were this run's
+    made["epochs"], want["epochs"] = results.get("setup", {}).get("finetune_epochs"), args.finetune_epochs
+    for what in made:  # a file's finished runs would be skipped as if they were this run's
         if results.get("runs") and made[what] != want[what]:
             print(f"vocab.py: {results_path} holds runs retrained with {what} {made[what]}, this run asks "
                   f"{want[what]}: give another --results", file=sys.stderr)
@@ -751,7 +781,7 @@ def main(argv=None) -> int:
     def out_of_time() -> bool:
         return not may_start(time.monotonic() - t_start, args.time_limit, took)
 
-    paused = False
+    paused = interrupted = False
     try:
         if args.jobs > 1:
             paused = run_parallel(todo, args, record, out_of_time, log)
@@ -764,10 +794,12 @@ def main(argv=None) -> int:
                 record(key, run_guarded(m, r, lr, key, dense, corpus, recipe, args, device, work, log))
     except KeyboardInterrupt:  # finished runs are in the JSON; the ones in flight resume after their last epoch
         log("interrupted; rerun the same command to continue")
-        paused = True
-    if not paused:
+        paused = interrupted = True
+    if not interrupted:
         try:
-            measure_speeds(results, dense, len(corpus.vocab), device, work, log)
+            timed_all = measure_speeds(results, dense, len(corpus.vocab), device, work, log,
+                                       may_go=lambda took: may_start(time.monotonic() - t_start, args.time_limit, took))
+            paused = paused or not timed_all
         except KeyboardInterrupt:
             log("interrupted while timing; rerun the same command to time the rest")
             paused = True

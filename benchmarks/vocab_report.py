@@ -80,9 +80,10 @@ def gq_bits(res: dict) -> list[int]:
 
 def quant_layout(res: dict) -> str:
     """The packing layout of the file's quantized layers: results from before stop 16 name none and were padded
-    (``layers.packing.LAYOUTS``); the same baseline rerun with the balanced layout is a different row."""
+    (``layers.packing.LAYOUTS``); the same baseline rerun with the balanced layout is a different row. A float
+    GroupReduce layer records ``bits: None`` and no layout: not quantized, so not "padded" either."""
     layouts = {spec.get("layout", "padded") for r in res["runs"].values() if isinstance(r, dict)
-               for spec in (r.get("layers") or {}).values() if isinstance(spec, dict) and "bits" in spec}
+               for spec in (r.get("layers") or {}).values() if isinstance(spec, dict) and spec.get("bits")}
     return "padded" if not layouts else "+".join(sorted(layouts))
 
 

@@ -643,6 +643,17 @@ MEASURE_CASES = [
 ]
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_state_of_another_batch_is_an_error_not_a_crash(train):
+    # torch.lstm on CPU does not check the state's batch against the input's and corrupted the heap (stop 22)
+    model = tiny_lm(tie=False).train(train)
+    ids = torch.randint(0, 50, (4, 7))  # (T, B) = (4, 7)
+    with pytest.raises(LmshrinkError, match=r"needs a state of \(B, H\) = \(7, "):
+        model(ids, model.init_state(4))
+    logits, state = model(ids, model.init_state(7))
+    assert logits.shape == (4, 7, 50) and all(h.shape == (7, model.config["hidden"]) for h, _ in state)
+
+
 @pytest.mark.parametrize("tie, dtype, params, bits", MEASURE_CASES)
 def test_params_and_bits_by_hand(tie, dtype, params, bits):
     model = tiny_lm(tie=tie).to(dtype)

@@ -76,6 +76,19 @@ def test_gpu_training_step_reaches_compressed_layers(name, i):
     assert_gradients_reach(model.cuda().train(), report, ids().cuda())
 
 
+@pytest.mark.parametrize("name,i", CASES)
+def test_gpu_training_step_under_retraining_autocast(name, i):
+    # GPU retraining runs under bfloat16 autocast by default (precision "auto"), where CUDA autocast refuses some
+    # ops that the fp32 step above never meets (stop 22: addcmul with bfloat16 inputs stopped every quantization
+    # retraining); the step must run and reach every compressed layer there too
+    from lmshrink.train.lm import autocast_for
+
+    ex = EXAMPLES[name][i]
+    _, model, report = compressed(name, ex)
+    with autocast_for(torch.device("cuda"), "auto"):
+        assert_gradients_reach(model.cuda().train(), report, ids().cuda())
+
+
 def test_fused_cudnn_path_equals_pluggable_loop():
     from lmshrink.models import LSTMLanguageModel
 

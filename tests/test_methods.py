@@ -205,6 +205,18 @@ def test_compressed_layers_train(name, i):
     assert_gradients_reach(model.train(), report, ids())
 
 
+@pytest.mark.parametrize("name,i", CASES)
+def test_compressed_layers_train_under_bf16_autocast(name, i):
+    # retraining with --precision bf16 (the GPU default): autocast turns some ops bfloat16 and leaves others alone,
+    # and a layer that mixes the two breaks (stop 22: tensor-train's contraction on CPU, the fused LSTM's rebuilt
+    # Kronecker weight on GPU; tests/test_gpu.py runs the CUDA flavour)
+    from lmshrink.train.lm import autocast_for
+
+    _, model, report = compressed(name, EXAMPLES[name][i])
+    with autocast_for(torch.device("cpu"), "bf16"):
+        assert_gradients_reach(model.train(), report, ids())
+
+
 def assert_gradients_reach(model: nn.Module, report: list[dict], x: torch.Tensor) -> None:
     """One backward pass gives every compressed layer finite, non-zero gradients."""
     logits, _ = model(x)

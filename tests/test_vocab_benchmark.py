@@ -143,6 +143,7 @@ def test_vocab_report_computes_each_baselines_verdicts(tmp_path, bench_module):
     # while a file whose quantized layers name no layout (written before) reads as padded
     balanced = json.loads((tmp_path / "a.json").read_text())
     balanced["runs"]["groupreduce_q@26"]["layers"] = {"encoder": {"bits": 8, "layout": "balanced"}}
+    balanced["runs"]["groupreduce@6.6"]["layers"] = {"encoder": {"bits": None}}  # float GroupReduce: no layout at all
     (tmp_path / "ab.json").write_text(json.dumps(balanced))
     other["setup"]["finetune_epochs"] = balanced["setup"]["finetune_epochs"]
     other["runs"]["groupreduce_q@26"]["layers"] = {"encoder": {"bits": 8}}
@@ -321,6 +322,18 @@ def test_distilled_runs_record_it_and_never_mix_with_plain_ones(tmp_path, bench_
         assert "retrained with patience 0" in capsys.readouterr().err and json.loads(plain.read_text()) == a
         assert mod.main([*common, "--finetune-patience", "1", "--reuse", str(plain), "--results", str(tmp_path / "y.json")]) == 2
         assert "retrained with patience 0, this run 1" in capsys.readouterr().err
+        # ... and for dropout while retraining and the number of retraining epochs
+        assert mod.main([*common, "--finetune-dropout", "0.1", "--results", str(plain)]) == 2
+        assert "retrained with dropout None, this run asks 0.1" in capsys.readouterr().err
+        assert mod.main([*common, "--finetune-epochs", "2", "--results", str(plain)]) == 2
+        assert "retrained with epochs 1, this run asks 2" in capsys.readouterr().err and json.loads(plain.read_text()) == a
+        # a --results that is no vocab.py result (the report's vocab.json, a torn file) is refused, not overwritten
+        for name, text in (("report.json", json.dumps({"baselines": {}})), ("torn.json", '{"runs": {')):
+            other = tmp_path / name
+            other.write_text(text)
+            assert mod.main([*common, "--results", str(other)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "give another --results" in err[0] and other.read_text() == text
     finally:
         torch.set_num_threads(threads)
 
@@ -377,3 +390,30 @@ def test_a_speed_taken_on_a_shared_gpu_says_so(bench_module):
     assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": 0}) == "0.91"
     assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": 2}) == "0.91 (GPU shared)"
     assert vocab.fmt_speed({"speed_vs_dense": 0.914, "speed_other_gpu_processes": None}) == "0.91 (GPU sharing unknown)"
+
+
+def test_speeds_are_taken_in_the_time_left_and_stop_when_it_runs_out(tmp_path, bench_module):
+    # a paused invocation (--time-limit) still times the runs that finished, as long as the timings so far say the
+    # next one fits; the rest stay untimed for a rerun (stop 22: two GPU files had no speeds at all)
+    vocab = bench_module("vocab")
+    from lmshrink.io import save_model_dir
+    from lmshrink.models.lstm_lm import build_from_preset
+
+    torch.manual_seed(0)
+    dense = build_from_preset("tiny", 50)
+    for key in ("a@5", "b@5"):
+        save_model_dir(dense, tmp_path / "models" / key)
+    runs = {"a@5": {"status": "done"}, "b@5": {"status": "done"}, "c@5": {"status": "refused"}}
+    seen = []
+
+    def one_more(took):
+        seen.append(list(took))
+        return len(took) < 1
+
+    cpu = torch.device("cpu")
+    assert vocab.measure_speeds({"runs": runs}, dense, 50, cpu, tmp_path, lambda *a: None, rounds=1, may_go=one_more) is False
+    assert "speed_vs_dense" in runs["a@5"] and "speed_vs_dense" not in runs["b@5"]
+    assert len(seen) == 2 and seen[0] == [] and len(seen[1]) == 1 and seen[1][0] > 0
+    # the rerun times what is left, and never times a run again
+    assert vocab.measure_speeds({"runs": runs}, dense, 50, cpu, tmp_path, lambda *a: None, rounds=1) is True
+    assert "speed_vs_dense" in runs["b@5"] and "speed_vs_dense" not in runs["c@5"]

@@ -39,7 +39,8 @@ def tt_dense(cores, out_modes, in_modes) -> torch.Tensor:
     d = len(cores)
     T = cores[0].reshape(out_modes[0], in_modes[0], -1)  # (m1, n1, r1)
     for k in range(1, d):
-        T = torch.tensordot(T, cores[k], dims=([T.dim() - 1], [0]))  # (..., m_k, n_k, r_k)
+        # CPU autocast runs tensordot's matmul in bfloat16 but not tensordot itself: keep the cores in T's dtype
+        T = torch.tensordot(T, cores[k].to(T.dtype), dims=([T.dim() - 1], [0]))  # (..., m_k, n_k, r_k)
     T = T.reshape(*[s for mn in zip(out_modes, in_modes) for s in mn])  # (m1, n1, ..., md, nd)
     perm = list(range(0, 2 * d, 2)) + list(range(1, 2 * d, 2))
     return T.permute(*perm).reshape(math.prod(out_modes), math.prod(in_modes))

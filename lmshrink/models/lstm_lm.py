@@ -100,8 +100,19 @@ class GateAwareLSTMLayer(nn.Module):
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         # x: (T, B, I); state: h, c each (B, H)
         h, c = state
+        # torch.lstm does not check the state against the input on CPU: a wrong batch corrupts the heap (seen in stop 22)
+        check(x.dim() == 3 and h.shape == c.shape == (x.size(1), self.hidden_size),
+              f"LSTM layer: input (T, B, I) {tuple(x.shape)} needs a state of (B, H) = ({x.size(1) if x.dim() == 3 else '?'}, "
+              f"{self.hidden_size}), got h {tuple(h.shape)} and c {tuple(c.shape)}")
         weights = self._fused_weights()
         if weights is not None:
+            # torch.lstm is no autocast op and wants one dtype throughout, but under autocast a rebuilt weight comes out
+            # bfloat16 (einsum, mm) beside float32 biases, input and state (stop 22: Kronecker retraining on the GPU):
+            # run in the widest of them, float32 there, as a dense layer does
+            dt = x.dtype
+            for w in weights:
+                dt = torch.promote_types(dt, w.dtype)
+            weights, x, h, c = [w.to(dt) for w in weights], x.to(dt), h.to(dt), c.to(dt)
             out, hn, cn = torch.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1, 0.0, self.training, False, False)
             return out, (hn.squeeze(0), cn.squeeze(0))
         T, B, _ = x.shape
