@@ -639,6 +639,11 @@ def test_blockdiag_auto_needs_cuda_tensor_cores(monkeypatch):
     wide = BlockLowRankLinear(200, 16, [60, 140], [9, 4])  # R = 16 = D: the operands would outgrow a dense weight
     monkeypatch.setattr(blr, "tf32_matmuls", lambda: True)
     assert not wide._use_blockdiag(cuda, False, torch.float32)
+    # R < D, but the operands (R (V + D) = 40 * 264) plus the factors (60*20 + 140*17 + 37*64) outgrow V x D = 12800:
+    # the 5x case of stop 22, where "auto" left the layer larger in GPU memory than dense
+    near = BlockLowRankLinear(200, 64, [60, 140], [20, 17])
+    assert blr.up(37) < 64 and not near._use_blockdiag(cuda, False, torch.float32)
+    assert near.blockdiag_fits() is False and layer.blockdiag_fits() is True
 
 
 def test_resident_bytes_counts_state_once_and_the_block_diagonal_operands_as_caches():

@@ -63,7 +63,9 @@ The cost is memory: ``Ubd`` holds V x R floats (R/D of a dense weight, 0.61 at 6
 layer's 9 MB of factors and the dense layer's 60 MB), rebuilt when a factor, ``word_pos`` or the dtype/device
 changes, dropped by ``.to()`` / ``.cpu()`` and state-dict loading, never saved. ``"auto"`` takes it only where it
 pays and stays smaller than dense: on CUDA, on tensor cores (float32 with TF32 matmuls allowed, or half types),
-without autograd, when R < D and no other knob was set (``group_gemms``, ``lookup``). Whole model at that shape,
+without autograd, when the operands plus the layer's factors hold fewer values than the dense weight
+(:meth:`blockdiag_fits`; until stop 22 the rule was R < D, which let a 5x layer outgrow dense) and no other knob
+was set (``group_gemms``, ``lookup``). Whole model at that shape,
 3 interleaved rounds, graph vs graph (``results/vocab_speed_gpu_auto_{high,highest}.md``; eager rows wander by up to
 40% there): with TF32 1.01x dense's tokens/s against the block path's 0.89x, GroupReduce+q8 1.03x against 0.88x;
 at true fp32 (no TF32) the multiply-adds decide again and the block path wins (graph 1.26x against the block-diagonal
@@ -390,8 +392,17 @@ class _BlockLowRank(DerivedCaches, CompressedLayer):
             return True
         # the extra multiply-adds only pay on tensor cores: half types, or float32 with TF32 allowed
         tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32_matmuls())
-        return (device.type == "cuda" and tensor_cores and up(self.r_total) < self.dim
+        return (device.type == "cuda" and tensor_cores and self.blockdiag_fits()
                 and self.group_gemms is None and self.lookup == "scatter")
+
+    def blockdiag_fits(self) -> bool:
+        """Whether the block-diagonal operands *and* the layer's own factors together hold fewer values than the dense
+        (V, D) weight, so that "auto" never leaves a layer larger in memory than dense. Why the factors count too: at
+        5x on the PTB-large shape ``Ubd`` alone was just under dense (R < D) and the model held 267 MiB of GPU memory
+        against dense's 252 (stop 22, ``results/logs/2026-11-24i/speed/``)."""
+        R = up(self.r_total)
+        own = sum(n * r for n, r in zip(self.block_sizes, self.ranks)) + self.r_total * self.dim  # U blocks + V
+        return R * (self.num_rows + self.dim) + own < self.num_rows * self.dim
 
     def _blockdiag(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(Ubd (V, R) in vocabulary order, Vp (R, D)), R = sum r_t rounded up to ALIGN; cached per device, dtype and
