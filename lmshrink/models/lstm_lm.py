@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import check
+from ..errors import LmshrinkError, check
 
 NUM_GATES = 4  # i, f, g, o: the row blocks of ih/hh outputs, in torch.nn.LSTM's order
 
@@ -101,9 +101,10 @@ class GateAwareLSTMLayer(nn.Module):
         # x: (T, B, I); state: h, c each (B, H)
         h, c = state
         # torch.lstm does not check the state against the input on CPU: a wrong batch corrupts the heap (seen in stop 22)
-        check(x.dim() == 3 and h.shape == c.shape == (x.size(1), self.hidden_size),
-              f"LSTM layer: input (T, B, I) {tuple(x.shape)} needs a state of (B, H) = ({x.size(1) if x.dim() == 3 else '?'}, "
-              f"{self.hidden_size}), got h {tuple(h.shape)} and c {tuple(c.shape)}")
+        if not (x.dim() == 3 and h.shape == c.shape == (x.size(1), self.hidden_size)):  # the message only when it fails
+            raise LmshrinkError(f"LSTM layer: input (T, B, I) {tuple(x.shape)} needs a state of (B, H) = "
+                                f"({x.size(1) if x.dim() == 3 else '?'}, {self.hidden_size}), got h {tuple(h.shape)} "
+                                f"and c {tuple(c.shape)}")
         weights = self._fused_weights()
         if weights is not None:
             # torch.lstm is no autocast op and wants one dtype throughout, but under autocast a rebuilt weight comes out
