@@ -1,13 +1,21 @@
 """Probe (stop 22): GroupReduce / pruning retraining on the CPU-trained PTB small with the recipe's global gradient
 clip (5) against a clip per parameter group (vocabulary layers and the rest, 5 each). 3 epochs at rate 0.1, no
 teacher, no rate decay; valid after each epoch, test at the end."""
-import copy, sys, json, time, torch, torch.nn as nn
-from lmshrink.io import load_model_dir
-from lmshrink.data import load_corpus, bptt_windows
+import copy
+import json
+import sys
+import time
+
+import torch
+from torch import nn
+
+from lmshrink.compress import Plan, compress, make_config
+from lmshrink.data import bptt_windows, load_corpus
 from lmshrink.data.corpus import batchify
-from lmshrink.compress import compress, Plan, make_config
+from lmshrink.io import load_model_dir
 from lmshrink.models.lstm_lm import PRESETS
 from lmshrink.train.lm import evaluate_ppl
+
 torch.set_num_threads(1); torch.manual_seed(0)
 method, clip, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 dense, man = load_model_dir("/tmp/cpuexp/ptb-small")
@@ -15,8 +23,8 @@ corpus = load_corpus("ptb", "/work/shared/data")
 rec = PRESETS["small"]
 train = batchify(corpus.splits["train"], rec.batch_size)
 model = copy.deepcopy(dense)
-cfg = {"groupreduce": dict(method="groupreduce", ratio=6.6, num_blocks=10, rank_rule="log_frequency", refine_iters=3),
-       "prune": dict(method="prune", ratio=6.6)}[method]
+cfg = {"groupreduce": {"method": "groupreduce", "ratio": 6.6, "num_blocks": 10, "rank_rule": "log_frequency", "refine_iters": 3},
+       "prune": {"method": "prune", "ratio": 6.6}}[method]
 c = make_config(**cfg)
 compress(model, Plan({"encoder": c, "decoder": c}), {"word_counts": corpus.vocab.counts_tensor()})
 params = [p for p in model.parameters() if p.requires_grad]
