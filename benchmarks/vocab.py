@@ -281,10 +281,8 @@ def reuse_runs(results: dict, reuse: list[tuple[str, dict]], methods: list[str],
         od = old["dense"]["test_ppl"]
         check(abs(od - dense) <= 1e-9 * dense, f"--reuse {p}: its dense model tested {od:.6f}, this run's {dense:.6f}: "
                                                "not the same baseline")
-        ep = old.get("setup", {}).get("finetune_epochs")
-        check(ep == args.finetune_epochs, f"--reuse {p}: retrained {ep} epochs, this run {args.finetune_epochs}")
         theirs, mine = recorded_retraining(old.get("setup", {})), retraining_of(args)
-        for what in ("dropout", "patience", "distillation"):
+        for what in mine:
             check(theirs[what] == mine[what], f"--reuse {p}: retrained with {what} {theirs[what]}, this run {mine[what]}")
         n = 0
         for r in old["runs"].values():
@@ -321,7 +319,8 @@ def distill_setting(args) -> dict | None:
 
 def retraining_of(args) -> dict:
     """This run's retraining settings that runs of one results file must share, by the name errors give them."""
-    return {"dropout": args.finetune_dropout, "patience": args.finetune_patience, "distillation": distill_setting(args)}
+    return {"epochs": args.finetune_epochs, "dropout": args.finetune_dropout, "patience": args.finetune_patience,
+            "distillation": distill_setting(args)}
 
 
 def read_results(path: Path) -> dict:
@@ -341,8 +340,8 @@ def read_results(path: Path) -> dict:
 def recorded_retraining(setup: dict) -> dict:
     """The same settings as a results file's ``setup`` records them (a file from before patience existed: 0, the
     paper's rule)."""
-    return {"dropout": setup.get("finetune_dropout"), "patience": setup.get("finetune_patience", 0),
-            "distillation": setup.get("finetune_distill")}
+    return {"epochs": setup.get("finetune_epochs"), "dropout": setup.get("finetune_dropout"),
+            "patience": setup.get("finetune_patience", 0), "distillation": setup.get("finetune_distill")}
 
 
 def run_one(method, rate, lr, key, dense, corpus, recipe, args, device, work: Path, log) -> dict:
@@ -722,7 +721,6 @@ def main(argv=None) -> int:
     if results.get("setup", {}).get("baseline") != setup["baseline"]:
         results = {}  # a different baseline: start over
     made, want = recorded_retraining(results.get("setup", {})), retraining_of(args)
-    made["epochs"], want["epochs"] = results.get("setup", {}).get("finetune_epochs"), args.finetune_epochs
     for what in made:  # a file's finished runs would be skipped as if they were this run's
         if results.get("runs") and made[what] != want[what]:
             print(f"vocab.py: {results_path} holds runs retrained with {what} {made[what]}, this run asks "

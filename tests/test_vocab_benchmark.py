@@ -327,6 +327,8 @@ def test_distilled_runs_record_it_and_never_mix_with_plain_ones(tmp_path, bench_
         assert "retrained with dropout None, this run asks 0.1" in capsys.readouterr().err
         assert mod.main([*common, "--finetune-epochs", "2", "--results", str(plain)]) == 2
         assert "retrained with epochs 1, this run asks 2" in capsys.readouterr().err and json.loads(plain.read_text()) == a
+        assert mod.main([*common, "--finetune-epochs", "2", "--reuse", str(plain), "--results", str(tmp_path / "z.json")]) == 2
+        assert "retrained with epochs 1, this run 2" in capsys.readouterr().err and not (tmp_path / "z.json").exists()
         # a --results that is no vocab.py result (the report's vocab.json, a torn file) is refused, not overwritten
         for name, text in (("report.json", json.dumps({"baselines": {}})), ("torn.json", '{"runs": {')):
             other = tmp_path / name
