@@ -93,6 +93,20 @@ def arm_deadline(deadline: float | None) -> None:
     signal.setitimer(signal.ITIMER_REAL, left)
 
 
+def split_methods(text: str) -> list[str]:
+    """``--methods`` split at top-level commas: a JSON list inside an option (``a_shape=[2600,1]``) stays whole."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        depth += (c in "[{") - (c in "]}")
+        check(depth >= 0, f"--methods: unbalanced bracket at character {i + 1} of {text!r}")
+        if c == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    check(depth == 0, f"--methods: unclosed bracket in {text!r}")
+    items.append(text[start:])
+    return [m.strip() for m in items if m.strip()]
+
+
 def parse_method(spec: str) -> tuple[str, str, dict]:
     """``name[:k=v;k=v]`` -> (label, registry name, options). Values are JSON where they parse."""
     name, _, rest = spec.partition(":")
@@ -618,6 +632,10 @@ def main(argv=None) -> int:
             return 3
         write_json(Path(spec["run_dir"]) / "result.json", res)
         return 0
+    # workers run in the repository root: paths the user gave relative to where they stand must not move
+    for name in ("work", "data", "baseline", "out"):
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     try:
         return orchestrate(args)
     except LmshrinkError as e:
@@ -646,7 +664,7 @@ def orchestrate(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     check(set(modes) <= {"retrain", "scratch"}, f"--modes takes retrain and/or scratch, got {args.modes}")
     methods = []  # (label, registry name, method options, first rate, last rate); a bad rate fails before any training
-    for label, method, opts in (parse_method(m.strip()) for m in args.methods.split(",") if m.strip()):
+    for label, method, opts in (parse_method(m) for m in split_methods(args.methods)):
         methods.append((label, method, *retrain_options(label, opts, args)))
     recipe = PRESETS[args.preset]
     corpus = load_corpus(args.corpus, args.data, verify=not args.no_verify)

@@ -554,6 +554,30 @@ def test_a_methods_retraining_rate_is_taken_out_of_its_options_and_checked(bench
     assert mod.main(["--preset", "tiny", "--corpus", "ptb", "--data", "/nonexistent", "--methods", "kp:distill=2"]) == 2
 
 
+def test_methods_list_keeps_json_lists_in_options_whole(bench_module):
+    """``--methods`` splits at commas outside brackets: ``a_shape=[2600,1]`` reached the config as the string '[2600'
+    on a GPU run before this; unbalanced brackets are refused."""
+    mod = bench_module("recurrent")
+    items = mod.split_methods("doped_kp:a_shape=[2600,1];kp_share=0.5, lmf ,prune:x={\"a\":[1,2]},")
+    assert items == ["doped_kp:a_shape=[2600,1];kp_share=0.5", "lmf", 'prune:x={"a":[1,2]}']
+    assert mod.parse_method(items[0])[2] == {"a_shape": [2600, 1], "kp_share": 0.5}
+    for bad in ("kp:a_shape=[2600,1", "kp:a_shape=2600,1]"):
+        with pytest.raises(LmshrinkError, match="bracket"):
+            mod.split_methods(bad)
+
+
+def test_relative_paths_are_resolved_before_workers_start_in_the_repository_root(bench_module, tmp_path, monkeypatch):
+    """Workers run with the repository as their directory, so ``--work work`` given elsewhere once sent them looking
+    for their spec under the repository (FileNotFoundError in every run); main resolves the paths first."""
+    mod = bench_module("recurrent")
+    seen = {}
+    monkeypatch.setattr(mod, "orchestrate", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.chdir(tmp_path)
+    assert mod.main(["--work", "w", "--data", "d", "--baseline", "b", "--out", "r/x.json"]) == 0
+    for name, rel in (("work", "w"), ("data", "d"), ("baseline", "b"), ("out", "r/x.json")):
+        assert seen[name] == str(tmp_path / rel), name
+
+
 def test_eval_windows_losses_add_up_to_the_evaluated_perplexity(bench_module):
     """The diagnostic's per-window losses are the evaluation's: their mean is evaluate_ppl's perplexity, fused or
     step by step; resetting the state every window changes it (the carried state matters)."""

@@ -102,3 +102,23 @@ def test_runs_at_their_own_rate_share_their_methods_column_in_their_recipes_row(
     assert "| `a.json` | 10 epochs, lr 1 -> 0.02 | 100.00 | +8.00 | - |" in md
     assert "**not met** (as good or better: lmf)" in md
     assert mod.method_label("doped_kp:cmr=0;lr=0.5") == "doped_kp:cmr=0" and mod.method_label("kp") == "kp"
+
+
+def test_the_doping_schedule_is_named_only_for_methods_it_schedules_and_rank_one_factors_are_called_low_rank(
+        tmp_path, bench_module):
+    """In a file retrained with --anneal-end 0.25, LMF's best recipe does not claim a doping schedule (only doped KP
+    and pruning anneal); a doped KP whose A has one column is named for what it is: low rank plus sparse doping,
+    beside the best doped KP of other factor shapes."""
+    mod = bench_module("recurrent_report")
+    a = _result(100.0, 0.5, 20, [("doped_kp:a_shape=[2600,1];kp_share=0.5", 25, 105.8), ("lmf", 25, 106.2),
+                                 ("doped_kp", 25, 107.6), ("prune", 25, 108.0)])
+    a["settings"] = {"medium/ptb": {"anneal_end": 0.25}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    out = tmp_path / "r.md"
+    assert mod.main([str(tmp_path / "a.json"), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| lmf | 20 epochs, lr 0.5 -> 0.01 | `a.json` |" in md
+    assert "| prune | 20 epochs, lr 0.5 -> 0.01, doping at final density from 25% of training | `a.json` |" in md
+    assert ("- doped_kp:a_shape=[2600,1];kp_share=0.5: A has one column, so each Kronecker term is rank 1" in md
+            and "Doped KP with other factor shapes does best at +7.60%." in md)
+    assert not mod.low_rank_kronecker("doped_kp:a_shape=[52,25]") and not mod.low_rank_kronecker("doped_kp:a_shape=x")
