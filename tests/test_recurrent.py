@@ -22,7 +22,7 @@ from lmshrink.layers.kronecker import (DopedKroneckerLinear, KroneckerLinear, kr
 from lmshrink.layers.tensor_train import tt_dense, tt_matvec, tt_svd
 from lmshrink.measure import totals
 from lmshrink.models.lstm_lm import LSTMLanguageModel
-from lmshrink.train.schedules import cubic_density
+from lmshrink.train.schedules import cubic_density, nnz_for_density
 
 LSTM_MAPS = ("rnn.layers.*.ih", "rnn.layers.*.hh")
 
@@ -369,9 +369,36 @@ def test_round_trip_of_the_train_form_keeps_mask_and_schedule(tmp_path):
     assert torch.equal(twin.dense_weight(), layer.dense_weight())
 
 
+def test_a_shape_of_minus_one_and_one_is_low_rank_as_a_kronecker_sum():
+    """``a_shape=[-1, 1]``: A the whole output dimension by 1, B 1 by the whole input, so T terms are a rank-T
+    matrix and the nearest-KP initialisation is the truncated SVD (Eckart-Young); one plan fits the 4H x E input
+    map and the 4H x H recurrent map of different widths; doped, the KP part is that rank and S the rest."""
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(30, hidden=12, layers=1, emb_size=20)
+    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n in ("rnn.layers.0.ih", "rnn.layers.0.hh")}
+    compress(model, {"rnn.layers.0.*": make_config("kronecker", a_shape=[-1, 1], terms=3)})
+    for name, W in weights.items():
+        layer = model.get_submodule(name)
+        assert list(layer.a_shape) == [W.shape[0], 1] and list(layer.b_shape) == [1, W.shape[1]]
+        U, S, Vh = torch.linalg.svd(W.double())
+        best = (U[:, :3] * S[:3]) @ Vh[:3]
+        torch.testing.assert_close(layer.dense_weight().double(), best, atol=1e-5, rtol=1e-5)
+    doped = LSTMLanguageModel(30, hidden=12, layers=1, emb_size=20)
+    report = compress(doped, {"rnn.*": make_config("doped_kronecker", ratio=4, a_shape=[-1, 1], kp_share=0.5, cmr=0.0)})
+    for row in report:
+        layer = doped.get_submodule(row["module"])
+        assert list(layer.a_shape) == [48, 1] and list(layer.b_shape) == [1, layer.in_features] and layer.terms >= 1
+        # the packed layer after annealing: KP numbers, row pointers, S's values and 16-bit column indices
+        nnz = nnz_for_density(layer.density, 48 * layer.in_features)
+        final_bits = 32 * layer.terms * (48 + layer.in_features) + 32 * (48 + 1) + nnz * (32 + 16)
+        assert 0.5 * 32 * 48 * layer.in_features / 4 < final_bits <= 32 * 48 * layer.in_features / 4
+
+
 # --------------------------------------------------------------------------- bad input: one line, nothing changed
 BAD = [
     ("kronecker", {"a_shape": [5, 4]}, "does not divide"),
+    ("kronecker", {"a_shape": [0, 1]}, "or -1 for the whole dimension"),
+    ("doped_kronecker", {"ratio": 4, "a_shape": [-2, 1]}, "or -1 for the whole dimension"),
     ("doped_kronecker", {"density": 0.0}, "density must be in (0, 1]"),
     ("doped_kronecker", {"density": 1.5}, "density must be in (0, 1]"),
     ("doped_kronecker", {"density": 0.01, "anneal_end": 1.2}, "after training ends"),

@@ -44,9 +44,10 @@ share above the default did worse, monotonically (one term +7.64%, 0.3 +8.82%, 0
 +16.06%), with or without CMR, so the default stays one term. Our retrained LSTMs gain more from
 free-standing weights than from more Kronecker terms.
 
-The one exception is the low-rank corner of the Kronecker family: ``a_shape=[4H, 1]`` makes A a column and B a
-row, so each term ``A_t (x) B_t`` is an outer product and ``terms`` is a rank (the nearest-KP initialisation is
-then the truncated SVD): low rank plus sparse doping, what the MLSys paper calls doped LMF. On PTB medium at 25x
+The one exception is the low-rank corner of the Kronecker family: ``a_shape=[-1, 1]`` (-1: the whole output
+dimension, here 4H) makes A a column and B a row, so each term ``A_t (x) B_t`` is an outer product and ``terms``
+is a rank (the nearest-KP initialisation is then the truncated SVD): low rank plus sparse doping, what the MLSys
+paper calls doped LMF. On PTB medium at 25x
 (20 epochs, lr 0.5, ``recurrent_medium_e20_doped_lowrank.md``) ``kp_share=0.5`` (rank 10, S 1.3% dense) reached
 +5.81%, ahead of LMF alone at its best recipe (+6.24%, the same run) by less than run-to-run noise, and of every
 balanced-factor doped KP (+7.64% at best).
@@ -73,10 +74,11 @@ def sparse_bits_per_entry(in_features: int) -> int:
 @dataclass
 class DopedKroneckerConfig(SizeBudget):
     """Doped KP: ``ratio`` (or ``fraction``) or a final ``density`` of S; ``a_shape``/``terms`` shape
-    the KP part (default: balanced factors, one term). Doping schedule: S goes from ``initial_density``
-    to ``density`` between ``anneal_start`` and ``anneal_end`` (fractions of the training run, <= 1),
-    pruned every ``prune_every`` steps. CMR: dropout probability ``cmr`` on S (elements, rows or all) until
-    ``cmr_until`` (default ``anneal_end``). ``anneal=False`` packs S at the final density at once.
+    the KP part (default: balanced factors, one term; ``a_shape=[-1, 1]``: low rank plus sparse, module doc).
+    Doping schedule: S goes from ``initial_density`` to ``density`` between ``anneal_start`` and ``anneal_end``
+    (fractions of the training run, <= 1), pruned every ``prune_every`` steps. CMR: dropout probability ``cmr``
+    on S (elements, rows or all) until ``cmr_until`` (default ``anneal_end``). ``anneal=False`` packs S at the
+    final density at once.
     ``kp_share`` (with ``ratio``/``fraction``): the share of the budget the KP factors get (module doc)."""
 
     density: float | None = None

@@ -30,11 +30,21 @@ def _n(budget) -> str:
     return "unlimited" if budget is None else str(int(budget))
 
 
+def valid_a_shape(a_shape) -> bool:
+    """Two entries, each a positive integer or -1 (the layer's whole dimension)."""
+    return (isinstance(a_shape, (list, tuple)) and len(a_shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1) for v in a_shape))
+
+
 def check_factor_shape(out_features: int, in_features: int, a_shape, where: str):
-    """(A shape, B shape) from a user's ``a_shape`` = [m1, n1]; refuses shapes that do not divide."""
-    check(isinstance(a_shape, (list, tuple)) and len(a_shape) == 2 and all(isinstance(v, int) and v >= 1 for v in a_shape),
-          f"{where}: a_shape must be two positive integers [m1, n1], got {a_shape!r}")
-    m1, n1 = a_shape
+    """(A shape, B shape) from a user's ``a_shape`` = [m1, n1]; refuses shapes that do not divide.
+
+    -1 stands for the layer's whole dimension, so one plan fits maps of different sizes: ``[-1, 1]`` makes A a
+    column (out x 1) and B a row (1 x in), every term an outer product, and ``terms`` a rank (low rank as a
+    Kronecker sum; the nearest-KP initialisation is then the truncated SVD)."""
+    check(valid_a_shape(a_shape), f"{where}: a_shape must be two positive integers (or -1 for the whole dimension) "
+                                  f"[m1, n1], got {a_shape!r}")
+    m1, n1 = (out_features if a_shape[0] == -1 else a_shape[0]), (in_features if a_shape[1] == -1 else a_shape[1])
     ok_m = [d for d in range(1, out_features + 1) if out_features % d == 0]
     ok_n = [d for d in range(1, in_features + 1) if in_features % d == 0]
     check(out_features % m1 == 0 and in_features % n1 == 0,
@@ -91,7 +101,8 @@ def choose_kronecker(out_features: int, in_features: int, budget_numbers: float 
 @dataclass
 class KroneckerConfig(SizeBudget):
     """Kronecker product ``sum_t A_t (x) B_t``. ``ratio``/``fraction`` size it; ``rank`` is not used
-    (give ``terms``). ``a_shape`` = [m1, n1] fixes A's shape (B's follows); ``terms`` the number of terms."""
+    (give ``terms``). ``a_shape`` = [m1, n1] fixes A's shape (B's follows; -1: the whole dimension, see
+    :func:`check_factor_shape`); ``terms`` the number of terms."""
 
     a_shape: list[int] | None = None
     terms: int | None = None
@@ -104,9 +115,9 @@ class KroneckerConfig(SizeBudget):
         check(self.a_shape is not None or self.terms is not None or self.target_ratio() is not None,
               "kronecker: give a ratio, fraction, terms or a_shape")
         if self.a_shape is not None:
-            check(isinstance(self.a_shape, (list, tuple)) and len(self.a_shape) == 2
-                  and all(isinstance(v, int) and v >= 1 for v in self.a_shape),
-                  f"kronecker: a_shape must be two positive integers [m1, n1], got {self.a_shape!r}")
+            check(valid_a_shape(self.a_shape),
+                  f"kronecker: a_shape must be two positive integers (or -1 for the whole dimension) [m1, n1], "
+                  f"got {self.a_shape!r}")
             self.a_shape = list(self.a_shape)
 
 
