@@ -55,8 +55,10 @@ def compressed(method, opts, seed=0):
 # --------------------------------------------------------------------------- Kronecker algebra
 # the two multiplication orders of kron_matvec: A (3, 5), B (4, 2) costs 54 multiplies per row and term with A first
 # against 100 with B first; the swapped shapes the other way round
+# ... and the low-rank corners (a column times a row, either way round), which take their own two-GEMM path
 @pytest.mark.parametrize("a_shape,b_shape,order", [((3, 5), (4, 2), "a_first"), ((4, 2), (3, 5), "b_first"),
-                                                   ((60, 50), (100, 30), "a_first"), ((50, 26), (52, 25), "b_first")])
+                                                   ((60, 50), (100, 30), "a_first"), ((50, 26), (52, 25), "b_first"),
+                                                   ((12, 1), (1, 10), "b_first"), ((1, 10), (12, 1), "a_first")])
 @pytest.mark.parametrize("terms", [1, 3])
 def test_kp_matvec_equals_dense_kronecker_product(terms, a_shape, b_shape, order):
     g = torch.Generator().manual_seed(1)
@@ -715,3 +717,34 @@ def test_eval_windows_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys,
         err = capsys.readouterr().err.strip()
         assert err.startswith("eval_windows.py: error: ") and msg in err and "\n" not in err
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_cached_csr_follows_the_values_and_never_holds_a_graph():
+    """The packed doped layer and the CSR pruned layer keep their CSR tensor between calls on the CPU (an LSTM calls
+    each map once per time step); an in-place change of the values (an optimizer step, load_state_dict) must show in
+    the next call, and with gradients recorded through the values nothing is cached."""
+    from lmshrink.layers.sparse import SparseLinear
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.doped, holder.pruned = nn.Linear(12, 16), nn.Linear(12, 16)
+    compress(holder, {"doped": make_config("doped_kronecker", density=0.3, anneal=False),
+                      "pruned": make_config("prune", density=0.3)})
+    x = torch.randn(3, 12)
+    for layer in (holder.doped, holder.pruned):
+        layer.eval()
+        assert isinstance(layer, (DopedKroneckerLinear, SparseLinear))
+        with torch.no_grad():
+            y1 = layer(x)
+            torch.testing.assert_close(layer(x), y1)  # second call: the cached CSR
+            torch.testing.assert_close(y1, x @ layer.dense_weight().T + layer.bias, atol=1e-5, rtol=1e-5)
+            layer.values.mul_(2.0)  # in place: the version counter moves
+            y2 = layer(x)
+        torch.testing.assert_close(y2, x @ layer.dense_weight().detach().T + layer.bias.detach(), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(y1, y2)
+    layer = holder.doped
+    layer(x).sum().backward()  # gradients through the packed values: built fresh, not cached
+    assert layer.values.grad is not None and layer._csr_cache is None
+    layer.values.grad = None
+    layer(x).sum().backward()  # a second backward works (no graph kept from the first call)
+    assert layer.values.grad is not None
