@@ -199,6 +199,22 @@ def test_save_load_bit_exact_and_bytes(name, i, tmp_path):
 
 
 @pytest.mark.parametrize("name,i", CASES)
+def test_a_used_model_deep_copies_and_moves(name, i):
+    """After inference calls (which leave caches: CSR operands, block-diagonal factors, int4 codes), a deep copy
+    and a move (``.float()`` runs ``_apply`` as ``.cuda()`` does) give the same logits: stop 23's cached CSR
+    tensor could not be deep-copied, which only the GPU tests' ``copy.deepcopy(model).cuda()`` had shown."""
+    ex = EXAMPLES[name][i]
+    _, model, _ = compressed(name, ex)
+    x = ids()
+    with torch.no_grad():
+        want = model.eval()(x)[0]
+        model(x)  # a second call, from the caches
+        twin = copy.deepcopy(model).float().eval()
+        torch.testing.assert_close(twin(x)[0], want, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model(x)[0], want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,i", CASES)
 def test_compressed_layers_train(name, i):
     ex = EXAMPLES[name][i]
     _, model, report = compressed(name, ex)

@@ -5,6 +5,7 @@ Every check compares a compressed layer or model with the dense one it came from
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import struct
@@ -742,6 +743,12 @@ def test_cached_csr_follows_the_values_and_never_holds_a_graph():
             y2 = layer(x)
         torch.testing.assert_close(y2, x @ layer.dense_weight().detach().T + layer.bias.detach(), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(y1, y2)
+        twin = copy.deepcopy(layer)  # with a CSR tensor cached: copies start without caches (a CSR cannot be copied)
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), y2)
+        with torch.inference_mode():  # inference tensors keep no version counter: the keys must not ask for one
+            torch.testing.assert_close(layer(x), y2)
+            torch.testing.assert_close(layer(x), y2)
     layer = holder.doped
     layer(x).sum().backward()  # gradients through the packed values: built fresh, not cached
     assert layer.values.grad is not None and layer._csr_cache is None

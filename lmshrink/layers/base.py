@@ -58,6 +58,12 @@ class DerivedCaches:
         self.clear_caches()
         return super()._load_from_state_dict(*args, **kwargs)
 
+    def __getstate__(self):
+        # copies and pickles start without them: they rebuild at the next call, and a sparse CSR operand cannot
+        # even be deep-copied ("Cannot access storage of SparseCsrTensorImpl", stop 23 on the GPU)
+        self.clear_caches()
+        return super().__getstate__()
+
 
 class CompressedLayer(nn.Module):
     layer_type: ClassVar[str] = ""

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..train.schedules import cubic_density, nnz_for_density
-from .base import CompressedLayer, register_layer
+from .base import CompressedLayer, DerivedCaches, register_layer, tensor_version
 
 
 # --------------------------------------------------------------------------- Kronecker algebra
@@ -186,7 +186,7 @@ def index_dtype(n: int) -> torch.dtype:
 
 
 @register_layer
-class DopedKroneckerLinear(CompressedLayer):
+class DopedKroneckerLinear(DerivedCaches, CompressedLayer):
     """``y = (A (x) B + S) x + b`` with S extremely sparse (Thakker et al. 2020, arXiv:2001.08896, Eq. 1;
     MLSys 2021, Sec. 3).
 
@@ -247,12 +247,16 @@ class DopedKroneckerLinear(CompressedLayer):
     def nnz(self) -> int:
         return int(self.mask.sum()) if self.form == "train" else self.values.numel()
 
+    def clear_caches(self) -> None:
+        """Drop the index, CSR and evaluation-weight caches (rebuilt at the next call; DerivedCaches)."""
+        self._idx_cache = self._csr_cache = self._eval_cache = None
+
     def current_density(self) -> float:
         return self.nnz() / (self.out_features * self.in_features)
 
     def _indices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, cols, crow) as int64 for the packed form; cached until the index buffers change."""
-        key = (self.col.data_ptr(), self.row_ptr.data_ptr(), self.col._version, self.row_ptr._version, self.col.device,
+        key = (self.col.data_ptr(), self.row_ptr.data_ptr(), tensor_version(self.col), tensor_version(self.row_ptr), self.col.device,
                torch.is_inference_mode_enabled())  # inference tensors must not leak into autograd later
         if self._idx_cache is None or self._idx_cache[0] != key:
             crow = self.row_ptr.long()
@@ -268,8 +272,8 @@ class DopedKroneckerLinear(CompressedLayer):
         warnings filter around it) took 20 of a map's 130 us at batch 1 on one CPU thread (PTB medium shape)."""
         values, col, row_ptr = self.values, self.col, self.row_ptr
         keep = not (torch.is_grad_enabled() and values.requires_grad)  # a cached graph would be reused
-        key = (values.data_ptr(), values._version, values.dtype, col.data_ptr(), col._version, row_ptr.data_ptr(),
-               row_ptr._version, torch.is_inference_mode_enabled())
+        key = (values.data_ptr(), tensor_version(values), values.dtype, col.data_ptr(), tensor_version(col),
+               row_ptr.data_ptr(), tensor_version(row_ptr), torch.is_inference_mode_enabled())
         cached = getattr(self, "_csr_cache", None)
         if keep and cached is not None and cached[0] == key:
             return cached[1]
@@ -316,7 +320,7 @@ class DopedKroneckerLinear(CompressedLayer):
     def _eval_weight(self) -> torch.Tensor:
         """dense_weight() of the train form at inference (validation during annealing), rebuilt only
         when a parameter or the mask changed: the LSTM loop calls this map once per time step."""
-        key = tuple((t.data_ptr(), t._version) for t in (self.A, self.B, self.S, self.mask))
+        key = tuple((t.data_ptr(), tensor_version(t)) for t in (self.A, self.B, self.S, self.mask))
         if getattr(self, "_eval_cache", None) is None or self._eval_cache[0] != key:
             with torch.no_grad():
                 self._eval_cache = (key, self.dense_weight())

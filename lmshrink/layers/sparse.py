@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import check
-from .base import CompressedLayer, register_layer
+from .base import CompressedLayer, DerivedCaches, register_layer, tensor_version
 
 
 def col_dtype(cols: int) -> torch.dtype:
@@ -59,7 +59,7 @@ def sparse_bits(rows: int, cols: int, nnz: int) -> int:
     return nnz * (32 + dtype_bits(col_dtype(cols))) + rows * dtype_bits(count_dtype(cols))
 
 
-class _SparseBase(CompressedLayer):
+class _SparseBase(DerivedCaches, CompressedLayer):
     # torch's CSR matmul cannot be recorded in a CUDA graph (seen on an H100, torch 2.11: "operation failed due
     # to a previous error during capture"), so graph-replayed training (train.graphed) trains these eagerly
     graph_capturable = False
@@ -86,8 +86,12 @@ class _SparseBase(CompressedLayer):
         self.col_idx.copy_(c.to(self.col_idx.dtype))
         self.row_nnz.copy_(mask.sum(1).to(self.row_nnz.dtype))
 
+    def clear_caches(self) -> None:
+        """Drop the index and CSR caches (rebuilt at the next call; DerivedCaches)."""
+        self._cache = {}
+
     def _index(self, device) -> dict:
-        key = (device, self.col_idx._version, self.row_nnz._version, self.col_idx.data_ptr())
+        key = (device, tensor_version(self.col_idx), tensor_version(self.row_nnz), self.col_idx.data_ptr())
         if self._cache.get("key") != key:
             counts = self.row_nnz.to(device=device, dtype=torch.long)
             crow = torch.zeros(self.rows + 1, dtype=torch.long, device=device)
@@ -110,7 +114,7 @@ class _SparseBase(CompressedLayer):
             ix = self._index(x.device)
             # the CSR tensor is kept beside the index cache while the values stay the same: an LSTM calls each map
             # once per time step, and building it took ~10 us of a 75 us call at batch 1 (PTB medium, 25x)
-            key = (self.values.data_ptr(), self.values._version, dt, torch.is_inference_mode_enabled())
+            key = (self.values.data_ptr(), tensor_version(self.values), dt, torch.is_inference_mode_enabled())
             if ix.get("csr_key") != key:
                 with warnings.catch_warnings():  # "CSR support is in beta": it is what we want
                     warnings.simplefilter("ignore")
