@@ -24,14 +24,13 @@ rearranging W into R(W) (m1 n1, m2 n2), ``R(W)[(i1, j1), (i2, j2)] = W[(i1, i2),
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..train.schedules import cubic_density, nnz_for_density
 from .base import CompressedLayer, DerivedCaches, register_layer, tensor_version
+from .sparse import csr_tensor
 
 
 # --------------------------------------------------------------------------- Kronecker algebra
@@ -278,10 +277,7 @@ class DopedKroneckerLinear(DerivedCaches, CompressedLayer):
         if keep and cached is not None and cached[0] == key:
             return cached[1]
         _, cols, crow = self._indices()
-        with warnings.catch_warnings():  # "CSR support is in beta": it is what we want
-            warnings.simplefilter("ignore")
-            S = torch.sparse_csr_tensor(crow, cols, self.values, (self.out_features, self.in_features),
-                                        check_invariants=False)
+        S = csr_tensor(crow, cols, values, (self.out_features, self.in_features))
         self._csr_cache = (key, S) if keep else None
         return S
 

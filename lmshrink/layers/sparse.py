@@ -59,6 +59,14 @@ def sparse_bits(rows: int, cols: int, nnz: int) -> int:
     return nnz * (32 + dtype_bits(col_dtype(cols))) + rows * dtype_bits(count_dtype(cols))
 
 
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """torch's CSR tensor over our index buffers: their invariants hold by construction, so they are not checked,
+    and torch's "CSR support is in beta" warning is silenced (it is what we want)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 class _SparseBase(DerivedCaches, CompressedLayer):
     # torch's CSR matmul cannot be recorded in a CUDA graph (seen on an H100, torch 2.11: "operation failed due
     # to a previous error during capture"), so graph-replayed training (train.graphed) trains these eagerly
@@ -116,11 +124,7 @@ class _SparseBase(DerivedCaches, CompressedLayer):
             # once per time step, and building it took ~10 us of a 75 us call at batch 1 (PTB medium, 25x)
             key = (self.values.data_ptr(), tensor_version(self.values), dt, torch.is_inference_mode_enabled())
             if ix.get("csr_key") != key:
-                with warnings.catch_warnings():  # "CSR support is in beta": it is what we want
-                    warnings.simplefilter("ignore")
-                    ix["csr"] = torch.sparse_csr_tensor(ix["crow"], ix["col"], self.values.to(dt), (self.rows, self.cols),
-                                                        check_invariants=False)
-                ix["csr_key"] = key
+                ix["csr"], ix["csr_key"] = csr_tensor(ix["crow"], ix["col"], self.values.to(dt), (self.rows, self.cols)), key
             W = ix["csr"]
             x2 = x.reshape(-1, self.cols)
             return (W @ x2.t()).t().reshape(*x.shape[:-1], self.rows)
