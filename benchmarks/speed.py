@@ -5,7 +5,11 @@ softmax compressed by each method at ``--rate``. ``--target lstm``: a PTB-medium
 its LSTM maps (``rnn.layers.*.ih`` / ``.hh``) compressed at ``--rate`` in their inference form (doped KP
 packed at its final density, pruning one-shot). Weights are random -- speed does not depend on training.
 Every model is timed with :func:`lmshrink.measure.lm_tokens_per_second` on CPU at batch 1 and, when CUDA is
-there, on GPU at batch 64 (35-token windows, hidden state carried, median of repeats, interleaved rounds).
+there, on GPU at batch 64 (``--gpu-batch``; 35-token windows, ``--seq-len``; hidden state carried, median of
+repeats, interleaved rounds). With ``--target lstm`` the plain rows step through the compact maps on every device
+and length (``fused=False``: a user's model on CUDA rebuilds dense weights from 4 steps per call,
+``lmshrink.models.lstm_lm.rebuild_at_inference``), and ``--rebuilt`` adds each model's rebuilt-dense row; the
+rule's threshold was read off ``--seq-len 1, 2, 4, 8, 35`` on an H100 (``results/recurrent_speed_gpu_steps.md``).
 Word counts are a synthetic Zipf law (GroupReduce needs some; the ranks it picks depend on them, the speed barely).
 ``--group-gemms 2,3`` also times each GroupReduce model with its block softmax run as at most 2 (then 3) batched
 GEMMs (:func:`lmshrink.layers.block_low_rank.set_group_gemms`), as rows ``groupreduce[g2]`` etc. in the same rounds.
@@ -34,6 +38,8 @@ same). Measured on an H100 at the PTB-large shape, TF32 (``results/vocab_speed_g
     python benchmarks/speed.py --devices cpu --cpu-threads 1 --out benchmarks/results/vocab_speed_cpu.json
     python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cpu --cpu-threads 1 --rebuilt \
         --out benchmarks/results/recurrent_speed_cpu.json
+    for T in 1 2 4 8 35; do python benchmarks/speed.py --target lstm --hidden 650 --rate 25 --devices cuda --rounds 3 \
+        --rebuilt --seq-len $T --out recurrent_speed_gpu_T$T.json; done
     python benchmarks/speed.py --devices cuda --rate 6.6 --rounds 3 --methods groupreduce,svd,groupreduce+q8 --cuda-graph \
         --matmul-precision high --out benchmarks/results/vocab_speed_gpu_graph.json
 """
@@ -115,8 +121,8 @@ def write_table(out_json: str) -> str:
             f"({res['threads']} thread(s)), GPU batch {st['batch']['cuda']}; {st['seq_len']}-token windows; median over "
             f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; float32 matmul precision "
             f"{st.get('matmul_precision', 'highest (not recorded)')}; "
-            + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); 'rebuilt dense' rows rebuild "
-               "each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
+            + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); plain rows step "
+               "through the compact maps; 'rebuilt dense' rows rebuild each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
                if what == "LSTM maps" else
                f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall).")
             + (" Rows marked [graph] are timed as replays of one captured CUDA graph of the whole forward (kernel-launch "
@@ -162,9 +168,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-graph", action="store_true",
                     help="on CUDA devices also time every row as CUDA graph replays (rows NAME[graph], compared with "
                          "dense[graph]); skipped on CPU")
+    ap.add_argument("--seq-len", type=int, default=35,
+                    help="tokens per timed window (35: evaluation's BPTT windows; 1: generation, one token per call)")
+    ap.add_argument("--gpu-batch", type=int, default=64, help="batch on CUDA devices (CPU: always 1)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/{vocab,recurrent}_speed.json)")
     args = ap.parse_args(argv)
 
+    if args.seq_len < 1 or args.gpu_batch < 1:
+        print(f"speed.py: --seq-len and --gpu-batch must be >= 1, got {args.seq_len} and {args.gpu_batch}", file=sys.stderr)
+        return 2
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     torch.set_float32_matmul_precision(args.matmul_precision)
@@ -187,7 +199,7 @@ def main(argv=None) -> int:
     V = args.vocab
     dense = LSTMLanguageModel(V, hidden=args.hidden, layers=args.layers, init_scale=0.04).eval()
     counts = torch.round(V * 5.0 / torch.arange(1, V + 1)) + 1  # Zipf-like
-    setting = {"batch": {"cpu": 1, "cuda": 64}, "seq_len": 35, "rounds": args.rounds, "repeats": args.repeats,
+    setting = {"batch": {"cpu": 1, "cuda": args.gpu_batch}, "seq_len": args.seq_len, "rounds": args.rounds, "repeats": args.repeats,
                "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision,
                "cuda_graph": args.cuda_graph}
 
@@ -202,8 +214,8 @@ def main(argv=None) -> int:
         for m in model.modules():
             if isinstance(m, DerivedCaches):
                 m.clear_caches()
-        r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), repeats=args.repeats, warmup=3, fused=fused,
-                                 cuda_graph=cuda_graph)["tokens_per_s"]
+        r = lm_tokens_per_second(model, V, dev, batch_size=batch(dev), seq_len=args.seq_len, repeats=args.repeats, warmup=3,
+                                 fused=fused, cuda_graph=cuda_graph)["tokens_per_s"]
         memory[(row, dev)] = resident_bytes(model)  # before .cpu(), which drops device caches
         model.cpu()
         return r

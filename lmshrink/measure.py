@@ -144,14 +144,17 @@ def _sync(device: torch.device) -> None:
 
 def lm_tokens_per_second(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu",
                          batch_size: int = 1, seq_len: int = 35, warmup: int = 3, repeats: int = 10,
-                         autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool = False,
+                         autocast_dtype: torch.dtype | None = None, seed: int = 0, fused: bool | None = None,
                          cuda_graph: bool = False) -> dict:
     """Forward-pass throughput of a language model on random ids: median tokens/s over ``repeats``.
 
     The default (batch 1 on CPU) is the latency a single user sees; batch 64 on GPU is serving
-    throughput. Hidden state carries over between windows as in evaluation. ``fused`` times the other
-    way to serve a compressed LSTM: each window rebuilds the dense LSTM weights from the compact maps
-    and runs the fused kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call).
+    throughput. Hidden state carries over between windows as in evaluation. ``fused`` picks how compressed
+    LSTM layers are served: None (default) as a user's model runs, the layers' "auto" choice
+    (``models.lstm_lm.rebuild_at_inference``: on CUDA from 4 steps per window, dense weights rebuilt; else the
+    compact maps); True rebuilds the dense LSTM weights from the compact maps each window and runs the fused
+    kernel (``models.lstm_lm.fused_lstm``; the dense weight lives only during the call); False steps through
+    the compact maps whatever the device and length.
 
     ``cuda_graph`` (CUDA only) times replays of one captured CUDA graph of the whole forward instead of eager
     calls (:class:`GraphedLMForward`): ``warmup`` eager forwards on a side stream, one capture, ``warmup``
@@ -215,12 +218,13 @@ class GraphedLMForward:
     Before capture, ``max(warmup, 1)`` eager forwards run on a side stream: compressed layers build and cache
     derived index tensors on their first call (``layers.block_low_rank._BlockLowRank._index``), which needs
     host-to-device copies a capture cannot hold, and cuDNN / the allocator settle there. ``fused`` captures the
-    forward under ``models.lstm_lm.fused_lstm`` (the per-window rebuild of dense LSTM weights is recorded too).
+    forward under ``models.lstm_lm.fused_lstm(model, fused)`` (True: the per-window rebuild of dense LSTM weights
+    is recorded too; False: the compact maps step by step; None: the layers' "auto" choice).
     ``autocast_dtype`` runs it under autocast without its weight cache (which a graph cannot keep).
     A failing capture raises ``RuntimeError`` naming the model's class and its compressed layer types.
     """
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, warmup: int = 3, fused: bool = False,
+    def __init__(self, model: nn.Module, ids: torch.Tensor, warmup: int = 3, fused: bool | None = None,
                  autocast_dtype: torch.dtype | None = None):
         from .models.lstm_lm import copy_state_, fused_lstm
 
@@ -252,7 +256,7 @@ class GraphedLMForward:
                 raise RuntimeError(
                     f"CUDA graph capture of {type(model).__name__}"
                     + (f" (compressed layers: {', '.join(kinds)})" if kinds else " (dense)")
-                    + f"{' with fused=True' if fused else ''} failed: {type(e).__name__}: {e}") from e
+                    + f"{f' with fused={fused}' if fused is not None else ''} failed: {type(e).__name__}: {e}") from e
         self.logits = logits  # (T, B, V) static output
 
     def replay(self) -> torch.Tensor:

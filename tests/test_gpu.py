@@ -11,9 +11,12 @@ import copy
 
 import pytest
 import torch
+from test_methods import CASES, EXAMPLES, assert_gradients_reach, compressed, ids
+from test_recurrent import ROWS as REC_ROWS
+from test_recurrent import compressed as rec_compressed
+from test_recurrent import spy_lstm_kernel
 
 from lmshrink.layers.block_low_rank import set_blockdiag, set_lookup
-from test_methods import CASES, EXAMPLES, assert_gradients_reach, compressed, ids
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("exact_fp32"),
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -101,6 +104,42 @@ def test_fused_cudnn_path_equals_pluggable_loop():
             layer.force_loop = True
         loop, _ = model(x)
     torch.testing.assert_close(fused, loop, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,opts", REC_ROWS, ids=[f"{m}-{k}" for k, (m, _) in enumerate(REC_ROWS)])
+def test_rebuilt_dense_lstm_on_cuda_under_inference_mode_equals_the_cpu_loop(method, opts):
+    # the "rebuilt dense" serving path (speed.py --rebuilt, fused_lstm at inference) on cuDNN: a rebuilt weight in a
+    # layout cuDNN cannot view() crashed it on an H100 (stop 24) while every CPU test passed
+    from lmshrink.models.lstm_lm import fused_lstm
+
+    model, _ = rec_compressed(method, opts)
+    model.eval()
+    x = torch.randint(0, 40, (9, 3), generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        want, _ = model(x)
+    gpu = copy.deepcopy(model).cuda().eval()
+    with torch.inference_mode(), fused_lstm(gpu):
+        got, _ = gpu(x.cuda())
+    torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_serving_path_on_cuda_rebuilds_long_windows_and_steps_short_ones(monkeypatch):
+    from lmshrink.models import lstm_lm
+
+    model, _ = rec_compressed("doped_kronecker", {"ratio": 3, "anneal": False})
+    model.eval()
+    gpu = copy.deepcopy(model).cuda().eval()
+    calls = spy_lstm_kernel(monkeypatch)
+    g = torch.Generator().manual_seed(4)
+    for T in (1, lstm_lm.CUDA_REBUILD_MIN_STEPS - 1, lstm_lm.CUDA_REBUILD_MIN_STEPS, 35):
+        x = torch.randint(0, 40, (T, 3), generator=g)
+        calls.clear()
+        with torch.inference_mode():
+            want, _ = model(x)
+            assert calls == []  # the CPU steps through the compact maps at any length
+            got, _ = gpu(x.cuda())
+        assert [t for t, _ in calls] == ([T, T] if T >= lstm_lm.CUDA_REBUILD_MIN_STEPS else []), (T, calls)
+        torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("via", ["popcount", "matmul"])

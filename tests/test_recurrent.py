@@ -325,7 +325,73 @@ def test_fused_evaluation_gives_the_perplexity_of_the_compact_loop(method, opts)
     fused = evaluate_ppl(model, ids, batch_size=4, bptt=7)
     loop = evaluate_ppl(model, ids, batch_size=4, bptt=7, fused=False)
     assert math.isfinite(loop) and abs(fused - loop) <= 1e-4 * loop, (fused, loop)
-    assert all(not layer.prefer_fused for layer in model.rnn.layers)
+    assert all(layer.prefer_fused is None for layer in model.rnn.layers)  # back to "auto"
+
+
+def spy_lstm_kernel(monkeypatch) -> list[tuple[int, bool]]:
+    """Record every call of the fused LSTM kernel: (time steps, whether every tensor handed to it was contiguous)."""
+    from lmshrink.models import lstm_lm
+
+    calls = []
+    kernel = torch.lstm
+
+    def spy(x, state, weights, *rest):
+        calls.append((x.size(0), all(t.is_contiguous() for t in [x, *state, *weights])))
+        return kernel(x, state, weights, *rest)
+
+    monkeypatch.setattr(lstm_lm.torch, "lstm", spy)
+    return calls
+
+
+def test_auto_serving_path_rebuilds_only_where_rebuild_at_inference_says(monkeypatch):
+    # prefer_fused None ("auto") asks rebuild_at_inference(device, steps) per call; True / False override it. The
+    # rule itself is CUDA-only (tested on the GPU); here it is replaced by "4 steps or more" on any device, so the
+    # wiring is seen on the CPU: which calls reach the fused kernel, and that every path computes the same logits.
+    from lmshrink.models import lstm_lm
+
+    assert lstm_lm.rebuild_at_inference(torch.device("cuda"), lstm_lm.CUDA_REBUILD_MIN_STEPS)
+    assert not lstm_lm.rebuild_at_inference(torch.device("cuda"), lstm_lm.CUDA_REBUILD_MIN_STEPS - 1)
+    assert not lstm_lm.rebuild_at_inference(torch.device("cpu"), 1000)
+    model, _ = compressed("svd", {"ratio": 4})
+    model.eval()
+    assert all(layer.prefer_fused is None for layer in model.rnn.layers)  # the default is "auto"
+    monkeypatch.setattr(lstm_lm, "rebuild_at_inference", lambda device, steps: steps >= 4)
+    calls = spy_lstm_kernel(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    long, short = torch.randint(0, 40, (6, 2), generator=g), torch.randint(0, 40, (3, 2), generator=g)
+    with torch.inference_mode():
+        want = {}
+        with lstm_lm.fused_lstm(model, False):
+            want = {T: model(ids)[0] for T, ids in ((6, long), (3, short))}
+        assert calls == []  # forced compact: never the kernel
+        for enabled, seen in ((None, [6, 6]), (True, [6, 6, 3, 3])):
+            calls.clear()
+            with lstm_lm.fused_lstm(model, enabled):
+                got = {6: model(long)[0], 3: model(short)[0]}
+            assert [T for T, _ in calls] == seen, (enabled, calls)  # two layers per call
+            for T in (6, 3):
+                assert torch.allclose(got[T], want[T], atol=1e-5)
+
+
+def test_fused_path_hands_the_kernel_contiguous_weights(monkeypatch):
+    # cuDNN view()s the weights it is given; the CPU kernel takes any strides, so only this test sees a rebuilt weight
+    # in another layout reach torch.lstm (on an H100 it crashed speed.py --rebuilt, stop 24)
+    from lmshrink.models import lstm_lm
+
+    model, _ = compressed("svd", {"ratio": 4})
+    model.eval()
+    layer = model.rnn.layers[0]
+    rebuild = layer.hh.dense_weight
+    monkeypatch.setattr(layer.hh, "dense_weight", lambda: rebuild().t().contiguous().t())  # same values, column-major
+    assert not layer.hh.dense_weight().is_contiguous()
+    calls = spy_lstm_kernel(monkeypatch)
+    ids = torch.randint(0, 40, (5, 2), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loop, _ = model(ids)
+        with lstm_lm.fused_lstm(model):
+            fused, _ = model(ids)
+    assert calls and all(contiguous for _, contiguous in calls)
+    assert torch.allclose(fused, loop, atol=1e-5)
 
 
 @pytest.mark.parametrize("method,opts", ROWS, ids=[f"{m}-{'-'.join(map(str, o.values()))}" for m, o in ROWS])
@@ -499,7 +565,7 @@ def test_tokens_per_second_times_both_ways_to_serve_a_compressed_lstm():
     fused = lm_tokens_per_second(model, 40, batch_size=2, seq_len=5, warmup=1, repeats=2, fused=True)
     assert not loop["fused"] and fused["fused"]
     assert loop["tokens_per_s"] > 0 and fused["tokens_per_s"] > 0
-    assert not any(layer.prefer_fused for layer in model.rnn.layers)  # only during the timing
+    assert all(layer.prefer_fused is None for layer in model.rnn.layers)  # only during the timing
 
 
 def test_benchmark_script_refuses_cuda_graph_without_cuda_before_any_work(tmp_path):

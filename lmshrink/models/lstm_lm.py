@@ -57,6 +57,22 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# At inference on CUDA a compressed LSTM layer rebuilds its dense weights and runs cuDNN once a call has at least this
+# many time steps; shorter calls step through the compact maps. Measured on an H100 (PTB-medium shape, 25x, batch 64,
+# eager; benchmarks/results/recurrent_speed_gpu_steps.md): at 1 and 2 steps per call the compact maps are as fast or
+# faster for every method but TT (LMF 1.79x dense against 0.98x rebuilt at 1 step), at 4 steps rebuilding wins for
+# all but LMF, at 8 and 35 for all (35 steps: compact 0.09-0.32x dense, rebuilt 0.74-0.90x). The rebuilt weight
+# lives only during the call; the layer keeps holding its compact parameters alone.
+CUDA_REBUILD_MIN_STEPS = 4
+
+
+def rebuild_at_inference(device: torch.device, steps: int) -> bool:
+    """The "auto" serving path of a compressed LSTM layer in eval mode: rebuild dense weights for the fused kernel
+    (True) or step through the compact maps (False). CPU: always the compact maps (faster at batch 1 for every
+    method but TT, ``recurrent_speed_cpu.md``)."""
+    return device.type == "cuda" and steps >= CUDA_REBUILD_MIN_STEPS
+
+
 class GateAwareLSTMLayer(nn.Module):
     """One LSTM layer whose two maps are replaceable modules.
 
@@ -72,22 +88,26 @@ class GateAwareLSTMLayer(nn.Module):
         self.ih = nn.Linear(input_size, NUM_GATES * hidden_size)
         self.hh = nn.Linear(hidden_size, NUM_GATES * hidden_size)
         self.force_loop = False  # benchmarks set this to time the pluggable path on dense maps
-        self.prefer_fused = False  # set by ``fused_lstm``: evaluation rebuilds dense weights once per window
+        # inference path of compressed maps: None "auto" (rebuild_at_inference), True rebuilt dense weights, False the
+        # compact maps step by step; set for a block by ``fused_lstm``
+        self.prefer_fused: bool | None = None
 
-    def _fused_weights(self) -> list[torch.Tensor] | None:
-        """Weights for the fused kernel, or None to run the pluggable loop.
+    def _fused_weights(self, x: torch.Tensor | None = None) -> list[torch.Tensor] | None:
+        """Weights for the fused kernel, or None to run the pluggable loop; ``x`` (T, B, I) is the call's input.
 
         Dense maps always go fused. Compressed maps go fused while *training*: their dense weight is
         rebuilt from the compact factors once per forward (differentiable, so gradients reach the
         factors) and the whole sequence runs in cuDNN; that costs one small product per step instead
-        of T small kernels per step. At inference the loop applies the compact maps themselves, unless
-        ``prefer_fused`` is set (perplexity evaluation: the same function, computed faster; speed
-        benchmarks leave it off, so they time the compact maps).
+        of T small kernels per step. At inference ``prefer_fused`` decides: True rebuilds (perplexity
+        evaluation: the same function, computed faster), False applies the compact maps step by step (what
+        the speed benchmarks' compact rows time), None (the default) picks by :func:`rebuild_at_inference`
+        from ``x``'s device and length -- without ``x``, the compact maps.
         """
         if self.force_loop:
             return None
         dense = type(self.ih) is nn.Linear and type(self.hh) is nn.Linear
-        rebuild = self.training or self.prefer_fused
+        auto = self.prefer_fused is None and x is not None and rebuild_at_inference(x.device, x.size(0))
+        rebuild = self.training or bool(self.prefer_fused) or auto
         if not dense and not (rebuild and hasattr(self.ih, "dense_weight") and hasattr(self.hh, "dense_weight")):
             return None
         w_ih = self.ih.weight if type(self.ih) is nn.Linear else self.ih.dense_weight()
@@ -105,7 +125,7 @@ class GateAwareLSTMLayer(nn.Module):
             raise LmshrinkError(f"LSTM layer: input (T, B, I) {tuple(x.shape)} needs a state of (B, H) = "
                                 f"({x.size(1) if x.dim() == 3 else '?'}, {self.hidden_size}), got h {tuple(h.shape)} "
                                 f"and c {tuple(c.shape)}")
-        weights = self._fused_weights()
+        weights = self._fused_weights(x)
         if weights is not None:
             # torch.lstm is no autocast op and wants one dtype throughout, but under autocast a rebuilt weight comes out
             # bfloat16 (einsum, mm) beside float32 biases, input and state (stop 22: Kronecker retraining on the GPU):
@@ -113,7 +133,10 @@ class GateAwareLSTMLayer(nn.Module):
             dt = x.dtype
             for w in weights:
                 dt = torch.promote_types(dt, w.dtype)
-            weights, x, h, c = [w.to(dt) for w in weights], x.to(dt), h.to(dt), c.to(dt)
+            # cuDNN flattens the weights with view(): a rebuilt weight in another layout (seen on an H100 at inference,
+            # stop 24; the CPU kernel takes any strides) fails there, so hand it contiguous copies (no-ops otherwise)
+            weights = [w.to(dt).contiguous() for w in weights]
+            x, h, c = x.to(dt).contiguous(), h.to(dt).contiguous(), c.to(dt).contiguous()
             out, hn, cn = torch.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)), weights, True, 1, 0.0, self.training, False, False)
             return out, (hn.squeeze(0), cn.squeeze(0))
         T, B, _ = x.shape
@@ -130,14 +153,16 @@ class GateAwareLSTMLayer(nn.Module):
 
 
 @contextmanager
-def fused_lstm(model: nn.Module, enabled: bool = True):
+def fused_lstm(model: nn.Module, enabled: bool | None = True):
     """Within this block every gate-aware LSTM layer of ``model`` runs the fused kernel on dense weights
-    rebuilt from its compact maps (once per call, i.e. per BPTT window), also in eval mode.
+    rebuilt from its compact maps (once per call, i.e. per BPTT window), also in eval mode; ``enabled=False``
+    forces the compact maps step by step instead, ``None`` leaves the layers' "auto" choice
+    (:func:`rebuild_at_inference`).
 
     Why: perplexity evaluation of a compressed LSTM through the per-time-step loop launches ~30 small
     kernels per step; on a shared GPU that made evaluation, not retraining, the slowest part of a run.
     The rebuilt weight is the compressed layer's own function (``dense_weight``), so the perplexity is
-    the compressed model's; latency benchmarks do not use this, they time the compact maps.
+    the compressed model's.
     """
     layers = [m for m in model.modules() if isinstance(m, GateAwareLSTMLayer)]
     old = [m.prefer_fused for m in layers]
