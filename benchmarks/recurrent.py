@@ -461,7 +461,10 @@ def markdown(results: dict) -> str:
              "evaluated in the same run. Ratio = dense fp32 LSTM bits / compressed LSTM bits (theoretical, "
              "indices included); LSTM bytes = bytes the safetensors file spends on `rnn.*` tensors. GPU tok/s (batch 64) "
              "runs the compact maps step by step; 'rebuilt dense' rebuilds each LSTM weight from them once per 35-token "
-             "window and runs the fused kernel ('-' where not measured).", ""]
+             "window and runs the fused kernel ('-' where not measured). A compressed model in eval mode takes the "
+             "rebuilt path on CUDA by itself from 4 steps per call (`lmshrink.models.lstm_lm.CUDA_REBUILD_MIN_STEPS`), so "
+             "'rebuilt dense' is its speed at these windows; one token per call steps through the compact maps "
+             "(`recurrent_speed_gpu_steps.md`).", ""]
     for group in sorted(results["baselines"]):
         base, runs = group_rows(results, group)
         if base is None:
