@@ -41,11 +41,17 @@ evaluated with its carried cell state clamped (``LSTMLanguageModel.cell_clip``; 
 ``tt:cell_clip=50``. Why: stop 18 found a runaway cell in a 25x TT model on PTB large (``eval_windows.py``).
 A fourth, ``distill``, a weight in [0, 1], is the training's: it trains on ``(1 - w) CE + w KL(dense || model)``
 with the dense baseline as teacher (``lmshrink.train.distill``, Hinton et al. 2015), e.g. ``doped_kp:distill=1``.
+
+Seeds: ``--seed 0,1,2`` runs every entry once per seed in the same invocation (keys of seeds other than 0 end in
+``|sN``; the tables label them "(seed N)"). Why: on PTB medium at 25x one recipe's test perplexity moved by 0.4-0.8
+points between seeds (stop 24), as much as the gaps between methods, and ``recurrent_report.py`` ranks a recipe by
+its mean over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -451,6 +457,8 @@ def runaway_note(r: dict, base: dict) -> str | None:
 def group_rows(results: dict, group: str):
     base = results["baselines"].get(group)
     runs = [r for r in results["runs"].values() if r.get("group") == group and r.get("status") == "ok"]
+    # the tables' and the plot's label names a seed other than 0 (one label may run with several, --seed 0,1,2)
+    runs = [dict(r, label=f"{r['label']} (seed {r['seed']})") if r.get("seed") else r for r in runs]
     runs.sort(key=lambda r: (r.get("ratio_target") or 0, r["label"], r["mode"]))
     return base, runs
 
@@ -610,7 +618,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-threads", type=int, default=1)
     p.add_argument("--cpu-repeats", type=int, default=10)
     p.add_argument("--max-steps", type=int, default=None, help="cap training steps (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0",
+                   help="random seed of the runs, or a comma list (0,1,2): every run once per seed, so that a recipe's "
+                        "spread is measured in one invocation (keys of seeds other than 0 end in |sN); the baseline, "
+                        "if trained here, takes the first")
     p.add_argument("--work", default=None, help="models and checkpoints (default runs/recurrent/<preset>-<corpus>)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/recurrent.json"))
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop cleanly before (resume by re-running)")
@@ -623,6 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="progress bars for the baseline training")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seed``: ``"1"`` -> [1]; ``"0,1,2"`` -> [0, 1, 2] (order kept, repeats dropped)."""
+    try:
+        seeds = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    check(bool(seeds) and all(x >= 0 for x in seeds),
+          f"--seed takes a non-negative integer or a comma list of them, e.g. 0,1,2; got {text!r}")
+    return list(dict.fromkeys(seeds))
 
 
 def main(argv=None) -> int:
@@ -663,6 +685,8 @@ def orchestrate(args) -> int:
     check(args.preset in PRESETS, f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     check(args.epochs >= 0, "--epochs must be >= 0")
     check(args.jobs >= 1, "--jobs must be >= 1")
+    args.seeds = parse_seeds(args.seed)
+    args.seed = args.seeds[0]  # the baseline's, if it is trained here
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
     check(all(r > 1 for r in ratios), f"--ratios must all be > 1, got {args.ratios}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -677,6 +701,9 @@ def orchestrate(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     results = read_json(out, {"benchmark": "recurrent", "baselines": {}, "runs": {}})
+    # a file made by a --seed N invocation before seeds entered the keys holds seed N's runs under seed 0's key
+    results["runs"] = {(k + f"|s{r['seed']}" if r.get("seed") and not k.rsplit("|", 1)[-1].startswith("s") else k): r
+                       for k, r in results.get("runs", {}).items()}
     results.setdefault("baselines", {})
     results.setdefault("runs", {})
     results.setdefault("settings", {})[group] = {k: v for k, v in vars(args).items() if k not in ("worker",)}
@@ -736,12 +763,14 @@ def orchestrate(args) -> int:
             continue
         for mode in modes:
             epochs = args.epochs if mode == "retrain" else (args.scratch_epochs or recipe.epochs)
-            for ratio in (ratios if takes_ratio(method) and "ratio" not in opts else [None]):
+            for ratio, seed in itertools.product(ratios if takes_ratio(method) and "ratio" not in opts else [None],
+                                                 args.seeds):
                 rtxt = "-" if ratio is None else f"{ratio:g}x" + ("w" if args.ratio_of == "weights" else "")
                 key = f"{group}|{label}|{rtxt}|{mode}|e{epochs}"
                 w_ratio = ratio
                 if ratio is not None and args.ratio_of == "lstm":
                     w_ratio = weight_ratio(ratio, base, key)
+                key += f"|s{seed}" if seed else ""  # seed 0 keeps the key runs always had
                 if results["runs"].get(key, {}).get("status") == "ok":
                     continue
                 run_dir = work / "runs" / slug(key.split("|", 1)[1])
@@ -750,7 +779,7 @@ def orchestrate(args) -> int:
                         "ratio_target": ratio, "ratio_of": args.ratio_of,
                         "mode": mode, "epochs": epochs, "preset": args.preset, "corpus": args.corpus, "data": args.data,
                         "verify": not args.no_verify, "recipe": dict(vars(recipe)), "baseline_dir": str(bdir),
-                        "run_dir": str(run_dir), "device": args.device, "precision": args.precision, "seed": args.seed,
+                        "run_dir": str(run_dir), "device": args.device, "precision": args.precision, "seed": seed,
                         "cuda_graph": args.cuda_graph, "cell_clip": cell_clip, "distill": distill,
                         "lr": lr, "lr_end": lr_end, "lr_hold": hold, "eval_batch": args.eval_batch,
                         "max_steps": args.max_steps, "deadline": deadline, "reserve": args.reserve,

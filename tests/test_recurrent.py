@@ -557,6 +557,55 @@ def test_benchmark_script_end_to_end_on_a_tiny_corpus(tmp_path):
     assert again.returncode == 0 and "started" not in again.stdout
 
 
+def test_benchmark_script_runs_each_method_once_per_seed(tmp_path, bench_module):
+    """--seed 0,2: every run once per seed in one invocation, seed 0 under the key runs always had and seed 2 under
+    its own; a rerun adds only the new seed; an older file's seed-N runs (made by --seed N) move to their own key
+    instead of standing in for seed 0; bad seeds are refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data" / "ptb"
+    data.mkdir(parents=True)
+    g = torch.Generator().manual_seed(1)
+    words = [f"w{i}" for i in range(40)]
+    for split, lines in (("train", 120), ("valid", 20), ("test", 20)):
+        (data / f"ptb.{split}.txt").write_text("".join(
+            " " + " ".join(words[int(i)] for i in torch.randint(0, 40, (10,), generator=g)) + " \n" for _ in range(lines)))
+    out = tmp_path / "r.json"
+
+    def run(seeds):
+        cmd = [sys.executable, str(root / "benchmarks/recurrent.py"), "--preset", "tiny", "--corpus", "ptb", "--data",
+               str(tmp_path / "data"), "--no-verify", "--baseline-epochs", "1", "--methods", "doped_kp", "--ratios", "4",
+               "--epochs", "1", "--max-steps", "3", "--no-speed", "--no-cpu-latency", "--seed", seeds,
+               "--work", str(tmp_path / "work"), "--out", str(out)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+
+    done = run("0,2")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = json.loads(out.read_text())["runs"]
+    key = "tiny/ptb|doped_kp|4x|retrain|e1"
+    assert set(runs) == {key, key + "|s2"} and [runs[k]["seed"] for k in (key, key + "|s2")] == [0, 2]
+    assert runs[key]["test_ppl"] != runs[key + "|s2"]["test_ppl"]  # another seed, other CMR masks: another run
+    assert "doped_kp (seed 2)" in out.with_suffix(".md").read_text()
+    again = run("2,3")
+    assert again.returncode == 0 and again.stdout.count("started ") == 1 and "|s3" in again.stdout
+    # an older file: seed 2's run stored under seed 0's key; asking for seed 0 must run it, not adopt seed 2's
+    res = json.loads(out.read_text())
+    res["runs"] = {key: res["runs"][key + "|s2"]}
+    out.write_text(json.dumps(res))
+    third = run("0")
+    assert third.returncode == 0 and third.stdout.count("started ") == 1
+    runs = json.loads(out.read_text())["runs"]
+    assert runs[key]["seed"] == 0 and runs[key + "|s2"]["seed"] == 2
+    mod = bench_module("recurrent")
+    for bad in ("-1", "a", ",", "1.5"):
+        with pytest.raises(LmshrinkError, match="--seed takes"):
+            mod.parse_seeds(bad)
+    assert mod.parse_seeds("2,0,2") == [2, 0]
+
+
 def test_tokens_per_second_times_both_ways_to_serve_a_compressed_lstm():
     from lmshrink.measure import lm_tokens_per_second
 
