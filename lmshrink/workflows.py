@@ -30,11 +30,13 @@ from .train.lm import (
 )
 
 
-def speed_of(model, vocab_size: int, device: torch.device) -> dict:
-    """tokens/s at batch 1 on CPU (what one user waits for) or batch 64 on GPU (serving)."""
+def speed_of(model, vocab_size: int, device: torch.device, window: int = 35) -> dict:
+    """tokens/s at batch 1 on CPU (what one user waits for) or batch 64 on GPU (serving), ``window`` tokens per call
+    (35: scoring text in BPTT windows; 1: generating, one token per call -- a compressed LSTM takes another path
+    on the GPU then, ``models.lstm_lm.rebuild_at_inference``)."""
     if device.type == "cuda":
-        return lm_tokens_per_second(model, vocab_size, device, batch_size=64, repeats=20, warmup=5)
-    return lm_tokens_per_second(model, vocab_size, "cpu", batch_size=1, repeats=10, warmup=3)
+        return lm_tokens_per_second(model, vocab_size, device, batch_size=64, seq_len=window, repeats=20, warmup=5)
+    return lm_tokens_per_second(model, vocab_size, "cpu", batch_size=1, seq_len=window, repeats=10, warmup=3)
 
 
 SPEED_ROUNDS = 3  # interleaved dense/compressed timings in `lmshrink compress`
@@ -99,10 +101,13 @@ def train_and_save(corpus: str, data_dir, preset: str, out, epochs=None, max_ste
 
 
 def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", device="auto", batch_size=1,
-                       speed=False, cell_clip=None) -> dict:
+                       speed=False, cell_clip=None, speed_window=35) -> dict:
     """``cell_clip`` evaluates with the carried LSTM cell state clamped (``LSTMLanguageModel``), whatever the
-    model's own setting; the output records the value used."""
+    model's own setting; the output records the value used. ``speed_window``: tokens per timed call (see
+    :func:`speed_of`)."""
     check_cell_clip(cell_clip, "--cell-clip")  # before anything is loaded
+    check(isinstance(speed_window, int) and not isinstance(speed_window, bool) and speed_window >= 1,
+          f"--speed-window must be a whole number of tokens >= 1, got {speed_window!r}")
     dev = resolve_device(device)
     model, manifest = load_model_dir(model_dir, device=dev)
     if cell_clip is not None:
@@ -118,7 +123,7 @@ def evaluate_model_dir(model_dir, data_dir=None, corpus=None, split="test", devi
     tot = totals(model)
     out.update(params=tot["params"], bits=tot["bits"], bytes_on_disk=bytes_on_disk(model_dir)["total"])
     if speed:
-        sp = speed_of(model, len(c.vocab), dev)
+        sp = speed_of(model, len(c.vocab), dev, speed_window)
         out.update(tokens_per_s=sp["tokens_per_s"], speed=sp)
     if manifest.get("dense_metrics"):  # a compressed model: its dense source as measured at compression time
         out["dense"] = manifest["dense_metrics"]

@@ -887,6 +887,14 @@ def test_cli_train_eval_info_round_trip(tmp_path, monkeypatch, capsys):
     assert tight["test_ppl"] != ev["test_ppl"] and tight["cell_clip"] == 1e-4
     rc, out, err = run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--cell-clip", "0")
     assert rc != 0 and "--cell-clip must be a positive number" in err and out == ""
+    # speed at one token per call (generation) beside the default 35-token windows; a window under 1 refused
+    gen = json.loads(run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--json", "--speed",
+                             "--speed-window", "1")[1])
+    assert gen["speed"]["seq_len"] == 1 and gen["speed"]["batch_size"] == 1 and gen["tokens_per_s"] > 0
+    rc, out, err = run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--speed")
+    assert rc == 0 and "35 token(s) a call" in out
+    rc, out, err = run_cli(capsys, "eval", m, "--data", root, "--device", "cpu", "--speed", "--speed-window", "0")
+    assert rc != 0 and "--speed-window must be a whole number of tokens >= 1" in err and out == ""
 
     rc, out, err = run_cli(capsys, "info", m, "--json")
     assert rc == 0, err
