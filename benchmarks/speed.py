@@ -304,7 +304,9 @@ def main(argv=None) -> int:
                 if n in fused or n in graphed:  # the breakdown is eager: a graph row's is its eager row's
                     continue
                 set_knobs(model, n)
-                rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), repeats=args.repeats)
+                # the plain rows' path: the compact maps (the "auto" default would rebuild on CUDA at 35 steps)
+                rows[n][f"{d}_ms_parts"] = lm_forward_breakdown(model, V, d, batch_size=batch(d), seq_len=args.seq_len,
+                                                                repeats=args.repeats, fused=False)
                 model.cpu()
                 print(f"{d} {n}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in rows[n][f"{d}_ms_parts"].items()), flush=True)
     rows = list(rows.values())

@@ -266,13 +266,17 @@ class GraphedLMForward:
 
 
 def lm_forward_breakdown(model: nn.Module, vocab_size: int, device: str | torch.device = "cpu", batch_size: int = 1,
-                         seq_len: int = 35, warmup: int = 3, repeats: int = 10, seed: int = 0) -> dict:
+                         seq_len: int = 35, warmup: int = 3, repeats: int = 10, seed: int = 0,
+                         fused: bool | None = None) -> dict:
     """Median milliseconds per window of each part of an LSTM LM's forward: ``encoder``, ``rnn``, ``decoder``.
 
     Each part is timed on its own (synchronized before and after), on the inputs the previous part
     produced, so the three add up to about a whole forward pass and show where a compressed layer's time
     goes -- the whole-model ratio of :func:`lm_tokens_per_second` alone cannot say which layer is slow.
+    ``fused`` picks the compressed LSTM layers' path as in :func:`lm_tokens_per_second` (None: their own choice).
     """
+    from .models.lstm_lm import fused_lstm
+
     device = torch.device(device)
     model = model.to(device).eval()
     g = torch.Generator().manual_seed(seed)
@@ -288,7 +292,7 @@ def lm_forward_breakdown(model: nn.Module, vocab_size: int, device: str | torch.
             times[part].append(1000 * (time.perf_counter() - t0))
         return out
 
-    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False), fused_lstm(model, fused):
         state = model.init_state(batch_size, device)
         for i in range(warmup + repeats):
             keep = i >= warmup

@@ -373,6 +373,19 @@ def test_auto_serving_path_rebuilds_only_where_rebuild_at_inference_says(monkeyp
                 assert torch.allclose(got[T], want[T], atol=1e-5)
 
 
+def test_forward_breakdown_times_the_path_it_is_asked_for(monkeypatch):
+    # speed.py --breakdown explains its plain (compact) rows: the breakdown must run the same path they do
+    from lmshrink.measure import lm_forward_breakdown
+
+    model, _ = compressed("svd", {"ratio": 4})
+    calls = spy_lstm_kernel(monkeypatch)
+    for fused, kernel_calls in ((False, 0), (True, 2 * 3)):  # two layers, warmup 1 + repeats 2
+        calls.clear()
+        parts = lm_forward_breakdown(model, 40, "cpu", batch_size=2, seq_len=5, warmup=1, repeats=2, fused=fused)
+        assert len(calls) == kernel_calls and set(parts) == {"encoder", "rnn", "decoder"}
+    assert all(layer.prefer_fused is None for layer in model.rnn.layers)  # the model's own choice again
+
+
 def test_fused_path_hands_the_kernel_contiguous_weights(monkeypatch):
     # cuDNN view()s the weights it is given; the CPU kernel takes any strides, so only this test sees a rebuilt weight
     # in another layout reach torch.lstm (on an H100 it crashed speed.py --rebuilt, stop 24)
