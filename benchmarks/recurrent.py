@@ -705,7 +705,6 @@ def orchestrate(args) -> int:
     results["runs"] = {(k + f"|s{r['seed']}" if r.get("seed") and not k.rsplit("|", 1)[-1].startswith("s") else k): r
                        for k, r in results.get("runs", {}).items()}
     results.setdefault("baselines", {})
-    results.setdefault("runs", {})
     results.setdefault("settings", {})[group] = {k: v for k, v in vars(args).items() if k not in ("worker",)}
     results.setdefault("versions", {})[group] = versions()
     results.setdefault("data_checksums", {})[group] = corpus.checksums

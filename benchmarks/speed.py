@@ -122,7 +122,8 @@ def write_table(out_json: str) -> str:
             f"{st.get('rounds', '?')} interleaved rounds of {st.get('repeats', '?')} timed passes; float32 matmul precision "
             f"{st.get('matmul_precision', 'highest (not recorded)')}; "
             + (f"LSTM maps each compressed to {st.get('rate', '?')}x (weights; dense biases kept); plain rows step "
-               "through the compact maps; 'rebuilt dense' rows rebuild each LSTM weight from the compact maps once per window and run the fused kernel (same model, other path)."
+               "through the compact maps; 'rebuilt dense' rows rebuild each LSTM weight from the compact maps once "
+               "per window and run the fused kernel (same model, other path)."
                if what == "LSTM maps" else
                f"embedding and softmax each compressed to {st.get('rate', '?')}x (GroupReduce+q8: {st.get('gq_rate', '?')}x overall).")
             + (" Rows marked [graph] are timed as replays of one captured CUDA graph of the whole forward (kernel-launch "
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.seq_len < 1 or args.gpu_batch < 1:
-        print(f"speed.py: --seq-len and --gpu-batch must be >= 1, got {args.seq_len} and {args.gpu_batch}", file=sys.stderr)
+        print(f"speed.py: --seq-len and --gpu-batch must be >= 1, got {args.seq_len} and {args.gpu_batch}",
+              file=sys.stderr)
         return 2
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
@@ -199,8 +201,8 @@ def main(argv=None) -> int:
     V = args.vocab
     dense = LSTMLanguageModel(V, hidden=args.hidden, layers=args.layers, init_scale=0.04).eval()
     counts = torch.round(V * 5.0 / torch.arange(1, V + 1)) + 1  # Zipf-like
-    setting = {"batch": {"cpu": 1, "cuda": args.gpu_batch}, "seq_len": args.seq_len, "rounds": args.rounds, "repeats": args.repeats,
-               "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision,
+    setting = {"batch": {"cpu": 1, "cuda": args.gpu_batch}, "seq_len": args.seq_len, "rounds": args.rounds,
+               "repeats": args.repeats, "rate": args.rate, "gq_rate": args.gq_rate, "matmul_precision": args.matmul_precision,
                "cuda_graph": args.cuda_graph}
 
     def batch(dev: str) -> int:

@@ -578,14 +578,10 @@ def test_benchmark_script_runs_each_method_once_per_seed(tmp_path, bench_module)
     import sys
     from pathlib import Path
 
+    from test_vocab_benchmark import tiny_corpus
+
     root = Path(__file__).resolve().parents[1]
-    data = tmp_path / "data" / "ptb"
-    data.mkdir(parents=True)
-    g = torch.Generator().manual_seed(1)
-    words = [f"w{i}" for i in range(40)]
-    for split, lines in (("train", 120), ("valid", 20), ("test", 20)):
-        (data / f"ptb.{split}.txt").write_text("".join(
-            " " + " ".join(words[int(i)] for i in torch.randint(0, 40, (10,), generator=g)) + " \n" for _ in range(lines)))
+    tiny_corpus(tmp_path / "data")
     out = tmp_path / "r.json"
 
     def run(seeds):

@@ -389,7 +389,7 @@ class DopedKroneckerLinear(DerivedCaches, CompressedLayer):
         self.register_buffer("col", cols.to(index_dtype(self.in_features)))
         self.register_buffer("row_ptr", row_ptr.to(torch.int32))
         self.form = "packed"
-        self._idx_cache = self._csr_cache = self._eval_cache = None
+        self.clear_caches()
         return self
 
 
